@@ -1,0 +1,63 @@
+"""Where things live in a shared cache directory, and the environment that points torch at it.
+
+Layout under the directory a user passes as `--cache-dir`:
+  inductor/   torch's own cache (TORCHINDUCTOR_CACHE_DIR): FX graphs, AOTAutograd entries, kernels, Triton
+  manifests/  one JSON per verified target and environment fingerprint (written by the publish stage)
+The warmer and every training job must see the same environment, so both take it from `torch_environment`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from warmer.errors import UserError
+
+CACHE_DIR_ENV = "NNUNET_WARMER_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nnunet-warmer"
+
+
+@dataclass(frozen=True)
+class CacheDir:
+    root: Path
+
+    @property
+    def inductor(self) -> Path:
+        return self.root / "inductor"
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "manifests"
+
+    def torch_environment(self) -> dict[str, str]:
+        """Variables a process needs to read and write this cache exactly as the warmer did."""
+        return {
+            "TORCHINDUCTOR_CACHE_DIR": str(self.inductor.absolute()),
+            "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+            "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+        }
+
+    def shell_exports(self) -> str:
+        return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.torch_environment().items())
+
+    def require_writable(self) -> None:
+        """Fail before any work if the directory (or the nearest existing parent) cannot be written."""
+        probe = self.root
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            raise UserError(f"cache dir {self.root}: {probe} is not a directory: pass another --cache-dir")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise UserError(f"cache dir {self.root} is not writable ({probe} denies it): fix its permissions "
+                            f"or pass another --cache-dir")
+

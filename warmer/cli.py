@@ -1,0 +1,204 @@
+"""`nnunet-warmer`: the entry point that wires the stages. Flags follow nnU-Net's (-d -c -p -tr)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from warmer.cachedir import CacheDir, default_cache_dir
+from warmer.errors import UserError
+
+TRAINERS_DIR = Path(__file__).parent / "trainers"
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was requested but torch sees no CUDA device here: run on a GPU node "
+                            "or pass --device cpu")
+        return requested if ":" in requested else "cuda:0"
+    if requested == "cpu":
+        return "cpu"
+    raise UserError(f"unknown --device '{requested}': use cuda, cuda:N or cpu")
+
+
+def _targets(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    from warmer.plans import build_targets, find_trainer_class, load_plans, resolve_configurations
+
+    dp = load_plans(args.d, args.p)
+    configurations = resolve_configurations(dp, args.c)
+    find_trainer_class(args.tr)
+    return dp, build_targets(dp, configurations, args.tr, resolve_device(args.device))
+
+
+def _emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=1, default=str))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from warmer.plans import plan_calls
+
+    dp, targets = _targets(args)
+    listing = [{"target": t.to_dict(), "label": t.label, "calls": [c.to_dict() for c in plan_calls(dp, t)]}
+               for t in targets]
+    if args.json:
+        _emit_json({"plans_file": str(dp.plans_file), "targets": listing})
+        return 0
+    for target in targets:
+        cm = dp.configuration(target.configuration)
+        print(f"{target.label}  batch {target.batch_per_rank} per rank on {target.device}, patch "
+              f"{'x'.join(str(p) for p in cm.patch_size)}, {len(cm.pool_op_kernel_sizes)} stages")
+        for call in plan_calls(dp, target):
+            inputs = ", ".join(str(t) for t in call.inputs)
+            outputs = ", ".join(str(t) for t in call.outputs)
+            times = f" x{call.calls_per_step}" if call.calls_per_step > 1 else ""
+            print(f"  {call.phase:17} {call.function:9} {call.mode:30} ({inputs}) -> {outputs}{times}"
+                  f"  [{call.note}]")
+    return 0
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    from warmer.warm import WarmError, warm_target
+
+    cache = CacheDir(Path(args.cache_dir))
+    dp, targets = _targets(args)
+    cache.require_writable()
+    outcomes, failures = [], []
+    for index, target in enumerate(targets, 1):
+        prefix = f"[{index}/{len(targets)}] {target.configuration} ({target.trainer}, batch " \
+                 f"{target.batch_per_rank}, {target.device})"
+        _stderr(f"{prefix}: warming")
+        try:
+            outcome = warm_target(dp, target, cache, lambda msg, p=prefix: _stderr(f"{p}: {msg}"))
+        except WarmError as e:
+            failures.append(str(e))
+            _stderr(f"{prefix}: FAILED: {e}")
+            continue
+        outcomes.append(outcome)
+        if not args.json:
+            print(f"{target.label}: {outcome.message}")
+    if args.json:
+        _emit_json({"cache_dir": str(cache.root), "targets": [o.to_dict() for o in outcomes],
+                    "failures": failures})
+    return 1 if failures else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from warmer.status import describe, target_status
+
+    cache = CacheDir(Path(args.cache_dir))
+    dp, targets = _targets(args)
+    records = [target_status(dp, t, cache) for t in targets]
+    if args.json:
+        _emit_json({"cache_dir": str(cache.root), "targets": records})
+    else:
+        for record in records:
+            print(describe(record))
+    return 0 if all(r["state"] == "warm" for r in records) else 1
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    cache = CacheDir(Path(args.cache_dir))
+    exports = cache.shell_exports()
+    if args.cpu_trainers:
+        folders = [str(TRAINERS_DIR)] + [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+        exports += f"export nnUNet_extTrainer={os.pathsep.join(dict.fromkeys(folders))}\n"
+    if args.json:
+        _emit_json({line.split("=", 1)[0][len("export "):]: line.split("=", 1)[1]
+                    for line in exports.splitlines()})
+    else:
+        print(exports, end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from warmer import counters
+    from warmer.runner import run_command
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UserError("no command given: nnunet-warmer run -- nnUNetv2_train DATASET CONFIG FOLD")
+    cache = CacheDir(Path(args.cache_dir))
+    code, summary = run_command(command, cache)
+    _stderr(f"nnunet-warmer: {counters.describe(summary)} in {summary['processes']} process(es); "
+            f"wall {summary['wall_seconds']:.1f} s; exit code {code}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from warmer.demo import run_demo
+
+    return run_demo(Path(args.workdir), args.c, args.json)
+
+
+def _add_target_options(parser: argparse.ArgumentParser, cache: bool) -> None:
+    parser.add_argument("-d", required=True, metavar="DATASET", help="dataset name or ID, as nnUNetv2_train takes it")
+    parser.add_argument("-c", nargs="+", metavar="CONFIG", help="configurations (default: all in the plans)")
+    parser.add_argument("-p", default="nnUNetPlans", metavar="PLANS", help="plans identifier (default nnUNetPlans)")
+    parser.add_argument("-tr", default="nnUNetTrainer", metavar="TRAINER", help="trainer class (default nnUNetTrainer)")
+    parser.add_argument("--device", default="auto", help="cuda, cuda:N or cpu (default: cuda if available)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    if cache:
+        _add_cache_option(parser)
+
+
+def _add_cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", default=str(default_cache_dir()),
+                        help="shared cache directory (default: $NNUNET_WARMER_CACHE_DIR or ~/.cache/nnunet-warmer)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnunet-warmer", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("list", help="dry run: every compiled call per target, with exact shapes")
+    _add_target_options(p, cache=False)
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("warm", help="compile every target into the cache and verify it from a fresh process")
+    _add_target_options(p, cache=True)
+    p.set_defaults(func=cmd_warm)
+    p = sub.add_parser("status", help="warm / stale / cold per target; exit 0 only if all are warm")
+    _add_target_options(p, cache=True)
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("env", help="shell exports that point a training job at the cache")
+    _add_cache_option(p)
+    p.add_argument("--cpu-trainers", action="store_true",
+                   help="also export nnUNet_extTrainer with the shipped CPU-compiling trainers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_env)
+    p = sub.add_parser("run", help="run a command on the cache and report what torch compiled")
+    _add_cache_option(p)
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("demo", help="synthetic dataset -> plan -> warm -> short real training, cold vs warm")
+    p.add_argument("--workdir", default="nnunet-warmer-demo", help="where the demo writes")
+    p.add_argument("-c", nargs="+", default=["2d", "3d_fullres"], metavar="CONFIG")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UserError as e:
+        _stderr(f"nnunet-warmer: error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        _stderr("nnunet-warmer: interrupted")
+        return 130

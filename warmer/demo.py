@@ -1,0 +1,84 @@
+"""The built-in default job: synthetic dataset -> real plan & preprocess -> warm -> real training, cold vs warm.
+
+Each configuration is trained twice with the real `nnUNetv2_train` (1 epoch of 2 iterations, final
+validation included): once on an empty cache, once on the warmed one, side by side in this run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from warmer import counters
+from warmer.cachedir import CacheDir
+from warmer.runner import run_command
+from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, _entry_point, plan_and_preprocess, write_raw_dataset
+
+DEMO_TRAINER = "nnUNetTrainerCPUCompile_2it"
+TRAINERS_DIR = Path(__file__).parent / "trainers"
+
+
+def _say(message: str) -> None:
+    print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+
+def train_command(dataset_id: int, configuration: str, device: str) -> list[str]:
+    return [_entry_point("nnUNetv2_train"), str(dataset_id), configuration, "0", "-tr", DEMO_TRAINER,
+            "-device", device.split(":")[0]]
+
+
+def run_demo(workdir: Path, configurations: list[str], as_json: bool) -> int:
+    import torch
+
+    from warmer.plans import build_targets, load_plans
+    from warmer.warm import warm_target
+
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    workdir = workdir.absolute()
+    paths = NnunetPaths(workdir)
+    os.environ.update(paths.environment())
+    os.environ["nnUNet_extTrainer"] = str(TRAINERS_DIR)
+    dataset_folder = paths.preprocessed
+    if not any(dataset_folder.glob(f"Dataset{DEFAULT_DATASET_ID:03d}_*/nnUNetPlans.json")):
+        _say(f"writing a synthetic dataset to {paths.raw} and planning it with nnUNetv2_plan_and_preprocess")
+        write_raw_dataset(paths)
+        plan_and_preprocess(paths, DEFAULT_DATASET_ID, configurations)
+    dp = load_plans(str(DEFAULT_DATASET_ID))
+    cache, cold_cache = CacheDir(workdir / "cache"), CacheDir(workdir / "cold-cache")
+    rows: list[dict[str, Any]] = []
+    for target in build_targets(dp, configurations, DEMO_TRAINER, device):
+        _say(f"{target.configuration}: warming the cache at {cache.root}")
+        outcome = warm_target(dp, target, cache, lambda m, c=target.configuration: _say(f"{c}: {m}"))
+        _say(f"{target.configuration}: {outcome.message}")
+        shutil.rmtree(cold_cache.root, ignore_errors=True)
+        runs = {}
+        for label, use in (("cold", cold_cache), ("warm", cache)):
+            shutil.rmtree(paths.results, ignore_errors=True)
+            _say(f"{target.configuration}: real nnUNetv2_train on the {label} cache ...")
+            code, summary = run_command(train_command(DEFAULT_DATASET_ID, target.configuration, device), use)
+            if code != 0:
+                _say(f"{target.configuration}: nnUNetv2_train failed with exit code {code}")
+                return 1
+            _say(f"{target.configuration}: {label}: {counters.describe(summary)}, wall "
+                 f"{summary['wall_seconds']:.1f} s")
+            runs[label] = summary
+        rows.append({"configuration": target.configuration, "batch": target.batch_per_rank, "device": device,
+                     "cold_wall_s": runs["cold"]["wall_seconds"], "warm_wall_s": runs["warm"]["wall_seconds"],
+                     "cold_compile_s": runs["cold"]["compile_seconds"],
+                     "warm_compile_s": runs["warm"]["compile_seconds"],
+                     "warm_fx_miss": runs["warm"]["fx_miss"], "warm_aot_miss": runs["warm"]["aot_miss"],
+                     "warm_fx_hit": runs["warm"]["fx_hit"]})
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(f"{'configuration':14} {'cold wall':>10} {'warm wall':>10} {'speedup':>8} {'cold compile':>13} "
+              f"{'warm compile':>13} {'warm FX hit/miss':>17}")
+        for r in rows:
+            print(f"{r['configuration']:14} {r['cold_wall_s']:9.1f}s {r['warm_wall_s']:9.1f}s "
+                  f"{r['cold_wall_s'] / r['warm_wall_s']:7.1f}x {r['cold_compile_s']:12.1f}s "
+                  f"{r['warm_compile_s']:12.1f}s {r['warm_fx_hit']:>8}/{r['warm_fx_miss']}")
+    return 0

@@ -1,0 +1,5 @@
+"""Errors a user can cause: the CLI prints them as one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """A problem in the user's input or environment; the message names the problem and the fix."""

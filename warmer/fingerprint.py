@@ -1,0 +1,79 @@
+"""The environment fingerprint: everything torch's cache keys depend on that differs between nodes and jobs.
+
+A manifest is valid only for the exact fingerprint it was verified under. `status` recomputes the
+fingerprint in the current environment and names the parts that differ when it does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+from warmer.plans import DatasetPlans, Target, find_trainer_class, plans_hash, trainer_source_hash
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def device_description(device: str) -> dict[str, str]:
+    """GPU name and compute capability (both are in torch's FX keys); CPU architecture otherwise."""
+    import torch
+
+    if device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        major, minor = torch.cuda.get_device_capability(index)
+        return {"gpu_name": torch.cuda.get_device_name(index), "gpu_capability": f"{major}.{minor}"}
+    return {"gpu_name": "none", "gpu_capability": "none", "cpu": platform.machine()}
+
+
+def software_fingerprint() -> dict[str, str]:
+    import torch
+    import torch._dynamo.config as dynamo_config
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_git": getattr(torch.version, "git_version", "unknown"),
+        "cuda": str(torch.version.cuda),
+        "triton": _version("triton"),
+        "nnunetv2": _version("nnunetv2"),
+        "dynamic_network_architectures": _version("dynamic_network_architectures"),
+        "automatic_dynamic_shapes": str(bool(dynamo_config.automatic_dynamic_shapes)),
+        "cache_key_tag": os.environ.get("TORCH_COMPILE_CACHE_KEY_TAG", ""),
+        "platform": sys.platform,
+    }
+
+
+def target_fingerprint(dp: DatasetPlans, target: Target) -> dict[str, str]:
+    """The full fingerprint of one target in the current environment (flat, string-valued)."""
+    fingerprint = software_fingerprint()
+    fingerprint.update(device_description(target.device))
+    fingerprint.update({
+        "trainer": target.trainer,
+        "trainer_source": trainer_source_hash(find_trainer_class(target.trainer)),
+        "plans_hash": plans_hash(dp, target.configuration),
+        "configuration": target.configuration,
+        "batch_per_rank": str(target.batch_per_rank),
+        "device": target.device,
+    })
+    return fingerprint
+
+
+def fingerprint_id(fingerprint: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Human-readable parts that differ, e.g. "torch: 2.13.0 (cache) != 2.14.1 (here)"."""
+    keys = sorted(set(expected) | set(actual))
+    return [f"{k}: {expected.get(k, 'unset')} (cache) != {actual.get(k, 'unset')} (here)"
+            for k in keys if expected.get(k) != actual.get(k)]

@@ -1,0 +1,87 @@
+"""Stage 4: manifests, one per verified target and environment fingerprint, written atomically.
+
+A manifest exists only after a fresh process replayed the target with zero misses, so its presence is
+what `status` (and a scheduler) trusts. Path: manifests/<dataset>/<plans>/<configuration>/<trainer>/<id>.json
+where <id> hashes the fingerprint; several GPU models or torch builds can share one cache side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from warmer.cachedir import CacheDir
+from warmer.plans import Target
+
+MANIFEST_VERSION = 1
+
+
+def target_folder(cache: CacheDir, target: Target) -> Path:
+    return (cache.manifests / target.dataset_name / target.plans_identifier / target.configuration
+            / target.trainer)
+
+
+def manifest_path(cache: CacheDir, target: Target, fingerprint_id: str) -> Path:
+    return target_folder(cache, target) / f"{fingerprint_id}.json"
+
+
+def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write to a temp file unique to this host and process, fsync it, rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def write_manifest(cache: CacheDir, target: Target, fingerprint: dict[str, str], fingerprint_id: str,
+                   cold: dict[str, Any] | None, verify: dict[str, Any],
+                   previous: dict[str, Any] | None = None) -> Path:
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    cold_record = cold if cold is not None else (previous or {}).get("cold")
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "target": target.to_dict(),
+        "fingerprint": fingerprint,
+        "fingerprint_id": fingerprint_id,
+        "cold": cold_record,
+        "verify": verify,
+        "warmed_at": (previous or {}).get("warmed_at", now) if cold is None else now,
+        "verified_at": now,
+        "host": socket.gethostname(),
+    }
+    path = manifest_path(cache, target, fingerprint_id)
+    atomic_write_json(path, manifest)
+    return path
+
+
+def read_manifests(cache: CacheDir, target: Target) -> list[dict[str, Any]]:
+    """All readable manifests of a target, newest verification first; unreadable ones are skipped."""
+    folder = target_folder(cache, target)
+    manifests = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("fingerprint"), dict):
+            data["_path"] = str(path)
+            manifests.append(data)
+    manifests.sort(key=lambda m: str(m.get("verified_at", "")), reverse=True)
+    return manifests

@@ -1,0 +1,204 @@
+"""Stage 2: replay the compiled calls of one nnU-Net training run, in a fresh process, on synthetic tensors.
+
+Run as `python -m warmer.replay SPEC.json RESULT.json`. The trainer is built with nnU-Net's own
+`get_trainer_from_args` and `initialize()`; batches come from the trainer's own validation transforms
+(deep-supervision downsampling, regions, cascade channels), so dtypes and shapes are the ones its data
+loader produces. The sequence follows `run_training` + `perform_actual_validation`:
+  1. `train_step` (train mode, grad, the trainer's autocast and GradScaler, optimizer step)
+  2. `validation_step` under `torch.no_grad()` after `on_validation_epoch_start` (eval)
+  3. deep supervision off, eval, the sliding-window predictor on one patch-sized image (inference_mode,
+     mirroring), exactly as the final validation calls it.
+Progress lines go to stderr with PROGRESS_PREFIX; everything nnU-Net prints goes wherever stdout goes.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+PROGRESS_PREFIX = "@@nnunet-warmer "
+PHASES = ("train_step", "validation_step", "final_validation")
+
+
+def progress(message: str) -> None:
+    print(PROGRESS_PREFIX + message, file=sys.stderr, flush=True)
+
+
+def _set_threads_like_nnunet(device_type: str) -> None:
+    """`nnUNetv2_train` sets these before building the trainer; inductor's CPU code depends on them."""
+    import torch
+
+    if device_type == "cpu":
+        torch.set_num_threads(multiprocessing.cpu_count())
+    elif device_type == "cuda":
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+
+
+def _synthetic_batch(trainer: Any) -> dict[str, Any]:
+    """A batch as nnU-Net's data loader yields it, made by the trainer's own validation transforms."""
+    import torch
+
+    cm, lm = trainer.configuration_manager, trainer.label_manager
+    patch = tuple(int(p) for p in cm.patch_size)
+    transforms = trainer.get_validation_transforms(
+        trainer._get_deep_supervision_scales(),
+        is_cascaded=trainer.is_cascaded,
+        foreground_labels=lm.foreground_labels,
+        regions=lm.foreground_regions if lm.has_regions else None,
+        ignore_label=lm.ignore_label,
+    )
+    raw_channels = trainer.num_input_channels - (len(lm.foreground_labels) if trainer.is_cascaded else 0)
+    labels = [int(v) for v in lm.all_labels] + ([int(lm.ignore_label)] if lm.has_ignore_label else [])
+    label_values = torch.tensor(labels, dtype=torch.int16)
+    seg_channels = 2 if trainer.is_cascaded else 1
+    numel = 1
+    for p in patch:
+        numel *= p
+    samples = []
+    for sample in range(trainer.batch_size):
+        generator = torch.Generator().manual_seed(sample)
+        image = torch.randn((raw_channels, *patch), generator=generator, dtype=torch.float32)
+        index = torch.randint(0, len(labels), (seg_channels, numel), generator=generator)
+        seg = label_values[index].reshape(seg_channels, *patch)
+        samples.append(transforms(image=image, segmentation=seg))
+    data = torch.stack([s["image"] for s in samples]).float()
+    first = samples[0]["segmentation"]
+    if isinstance(first, list):
+        target: Any = [torch.stack([s["segmentation"][i] for s in samples]) for i in range(len(first))]
+    else:
+        target = torch.stack([s["segmentation"] for s in samples])
+    return {"data": data, "target": target, "keys": [f"synthetic_{i}" for i in range(len(samples))]}
+
+
+def _point_at_data_or_placeholder(trainer: Any, scratch: Path) -> None:
+    """`initialize()` infers the dataset class from file endings only; warming must not need the data."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    try:
+        infer_dataset_class(trainer.preprocessed_dataset_folder)
+    except (AssertionError, FileNotFoundError, OSError):
+        placeholder = scratch / "placeholder_data"
+        placeholder.mkdir(parents=True, exist_ok=True)
+        (placeholder / "case.b2nd").touch()
+        trainer.preprocessed_dataset_folder = str(placeholder)
+
+
+def _final_validation_image(trainer: Any) -> Any:
+    """A preprocessed case as the final validation loads it: numpy float32 -> torch, (C, [1,] *patch)."""
+    import numpy as np
+    import torch
+
+    patch = [int(p) for p in trainer.configuration_manager.patch_size]
+    shape = (trainer.num_input_channels, *([1] if len(patch) == 2 else []), *patch)
+    return torch.from_numpy(np.zeros(shape, dtype=np.float32))
+
+
+def _timed(phase: str, device: Any, fn: Any) -> float:
+    import torch
+
+    progress(f"{phase} ...")
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    progress(f"{phase} done in {seconds:.1f} s")
+    return seconds
+
+
+def replay(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    from warmer.plans import Target
+
+    target = Target.from_dict(spec["target"])
+    device_type = target.device.split(":")[0]
+    _set_threads_like_nnunet(device_type)
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from warmer import counters
+    from warmer.fingerprint import target_fingerprint
+    from warmer.plans import load_plans
+
+    wall_start = time.perf_counter()
+    fingerprint = target_fingerprint(load_plans(target.dataset_name, target.plans_identifier), target)
+    progress("building trainer")
+    trainer = get_trainer_from_args(target.dataset_name, target.configuration, 0, target.trainer,
+                                    target.plans_identifier, device=torch.device(target.device))
+    compiles = bool(trainer._do_i_compile())
+    if not compiles and not spec.get("allow_eager", False):
+        return {"compiles": False, "fingerprint": fingerprint}
+    if torch.cuda.is_available():
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+    _point_at_data_or_placeholder(trainer, scratch)
+    trainer.initialize()
+    if trainer.batch_size != target.batch_per_rank:
+        raise RuntimeError(f"trainer batch {trainer.batch_size} != target batch {target.batch_per_rank}")
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    trainer.set_deep_supervision_enabled(trainer.enable_deep_supervision)
+    batch = _synthetic_batch(trainer)
+    device = trainer.device
+
+    times: dict[str, float] = {}
+
+    def train() -> None:
+        trainer.on_train_epoch_start()
+        trainer.train_step(batch)
+
+    def validate() -> None:
+        with torch.no_grad():
+            trainer.on_validation_epoch_start()
+            trainer.validation_step(batch)
+
+    def final_validation() -> None:
+        trainer.set_deep_supervision_enabled(False)
+        trainer.network.eval()
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                    perform_everything_on_device=True, device=device, verbose=False,
+                                    verbose_preprocessing=False, allow_tqdm=False)
+        predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager,
+                                        None, trainer.dataset_json, trainer.__class__.__name__,
+                                        trainer.inference_allowed_mirroring_axes)
+        predictor.predict_sliding_window_return_logits(_final_validation_image(trainer))
+        trainer.set_deep_supervision_enabled(True)
+
+    times["train_step"] = _timed("train_step", device, train)
+    times["validation_step"] = _timed("validation_step", device, validate)
+    if spec.get("final_validation", True):
+        times["final_validation"] = _timed("final_validation", device, final_validation)
+    return {
+        "compiles": compiles,
+        "fingerprint": fingerprint,
+        "phases": {k: round(v, 3) for k, v in times.items()},
+        "counters": counters.snapshot(),
+        "wall_seconds": round(time.perf_counter() - wall_start, 3),
+    }
+
+
+def main(argv: list[str]) -> int:
+    spec_path, result_path = Path(argv[0]), Path(argv[1])
+    spec = json.loads(spec_path.read_text())
+    try:
+        with tempfile.TemporaryDirectory(prefix="nnunet-warmer-replay-") as scratch:
+            result = replay(spec, Path(scratch))
+        code = 0
+    except Exception as e:  # reported to the parent, which prints it with the log
+        result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        code = 1
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, result_path)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

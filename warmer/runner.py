@@ -1,0 +1,54 @@
+"""Stage 5: run any command (nnUNetv2_train, nnUNetv2_predict) on the cache and report what torch compiled.
+
+The command gets the cache environment plus a probe on PYTHONPATH; each of its Python processes leaves a
+counters record, and the summary adds them up. The command's exit code is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import warmer
+from warmer import counters
+from warmer.cachedir import CacheDir
+from warmer.errors import UserError
+
+PROBE_DIR = Path(__file__).parent / "probe"
+
+
+def probe_environment(records_dir: Path) -> dict[str, str]:
+    python_path = os.pathsep.join(p for p in (str(PROBE_DIR), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        "PYTHONPATH": python_path,
+        "NNUNET_WARMER_PROBE_DIR": str(records_dir),
+        "NNUNET_WARMER_PACKAGE_PARENT": str(Path(warmer.__file__).parent.parent),
+    }
+
+
+def run_command(command: list[str], cache: CacheDir, extra_env: dict[str, str] | None = None
+                ) -> tuple[int, dict[str, Any]]:
+    """Run `command` to completion; return its exit code and the summed counters of its processes."""
+    with tempfile.TemporaryDirectory(prefix="nnunet-warmer-run-") as records:
+        env = {**os.environ, **cache.torch_environment(), **(extra_env or {}), **probe_environment(Path(records))}
+        start = time.perf_counter()
+        try:
+            code = subprocess.call(command, env=env)
+        except FileNotFoundError:
+            raise UserError(f"command not found: {command[0]}: check the spelling and PATH") from None
+        wall = time.perf_counter() - start
+        per_process = []
+        for path in sorted(Path(records).glob("*.json")):
+            try:
+                per_process.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+    summary = counters.merge(per_process)
+    summary.update(exit_code=code, wall_seconds=round(wall, 3), command=command, cache_dir=str(cache.root),
+                   per_process=per_process)
+    return code, summary

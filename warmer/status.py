@@ -1,0 +1,42 @@
+"""Stage 4's reader: is each target warm for *this* environment? What a scheduler asks before training.
+
+warm  - a manifest verified under exactly this fingerprint exists
+stale - manifests exist, but for another fingerprint: the differing parts are named
+cold  - no manifest for this target
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from warmer import publish
+from warmer.cachedir import CacheDir
+from warmer.fingerprint import differences, fingerprint_id, target_fingerprint
+from warmer.plans import DatasetPlans, Target
+
+
+def target_status(dp: DatasetPlans, target: Target, cache: CacheDir) -> dict[str, Any]:
+    fingerprint = target_fingerprint(dp, target)
+    fp_id = fingerprint_id(fingerprint)
+    manifests = publish.read_manifests(cache, target)
+    record: dict[str, Any] = {"target": target.to_dict(), "label": target.label, "fingerprint_id": fp_id}
+    match = next((m for m in manifests if m.get("fingerprint_id") == fp_id
+                  and m.get("fingerprint") == fingerprint), None)
+    if match is not None:
+        record.update(state="warm", manifest=match["_path"], verified_at=match.get("verified_at"),
+                      differences=[])
+    elif manifests:
+        closest = min(manifests, key=lambda m: len(differences(m["fingerprint"], fingerprint)))
+        record.update(state="stale", manifest=closest["_path"],
+                      differences=differences(closest["fingerprint"], fingerprint))
+    else:
+        record.update(state="cold", manifest=None, differences=[])
+    return record
+
+
+def describe(record: dict[str, Any]) -> str:
+    line = f"{record['state']:5}  {record['label']}  batch {record['target']['batch_per_rank']} on " \
+           f"{record['target']['device']}"
+    if record["state"] == "stale":
+        line += "  (" + "; ".join(record["differences"]) + ")"
+    return line

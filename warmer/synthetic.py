@@ -1,0 +1,88 @@
+"""A small synthetic dataset in nnU-Net's raw format, planned and preprocessed by nnU-Net's real tools.
+
+Used by the demo, the tests and the benchmarks: nnU-Net's own planner turns it into real plans, so what
+gets warmed is what nnU-Net would train, only small enough for a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATASET_ID = 990
+DEFAULT_NAME = "WarmerDemo"
+
+
+@dataclass(frozen=True)
+class NnunetPaths:
+    """The three nnU-Net folders under one work directory."""
+
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "nnUNet_raw"
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.root / "nnUNet_preprocessed"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "nnUNet_results"
+
+    def environment(self) -> dict[str, str]:
+        return {"nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
+                "nnUNet_results": str(self.results)}
+
+
+def write_raw_dataset(paths: NnunetPaths, dataset_id: int = DEFAULT_DATASET_ID, name: str = DEFAULT_NAME,
+                      cases: int = 6, shape: tuple[int, int, int] = (32, 40, 40), channels: int = 1,
+                      seed: int = 0) -> str:
+    """Write `cases` 3D images with two foreground labels (a ball and a box) plus dataset.json."""
+    import numpy as np
+    import SimpleITK
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    dataset_name = f"Dataset{dataset_id:03d}_{name}"
+    folder = paths.raw / dataset_name
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    for case in range(cases):
+        seg = np.zeros(shape, dtype=np.uint8)
+        center = [s // 2 + rng.integers(-3, 4) for s in shape]
+        radius = min(shape) // 4
+        ball = (zz - center[0]) ** 2 + (yy - center[1]) ** 2 + (xx - center[2]) ** 2 < radius**2
+        seg[ball] = 1
+        corner = [rng.integers(1, max(2, s // 6)) for s in shape]
+        seg[corner[0]:corner[0] + shape[0] // 5, corner[1]:corner[1] + shape[1] // 5,
+            corner[2]:corner[2] + shape[2] // 5] = 2
+        case_id = f"case_{case:03d}"
+        for channel in range(channels):
+            image = (seg * (40.0 + 10 * channel) + rng.normal(100, 10, shape)).astype(np.float32)
+            SimpleITK.WriteImage(SimpleITK.GetImageFromArray(image),
+                            str(folder / "imagesTr" / f"{case_id}_{channel:04d}.nii.gz"))
+        SimpleITK.WriteImage(SimpleITK.GetImageFromArray(seg), str(folder / "labelsTr" / f"{case_id}.nii.gz"))
+    generate_dataset_json(str(folder), {i: f"synthetic{i}" for i in range(channels)},
+                          {"background": 0, "ball": 1, "box": 2}, cases, ".nii.gz", dataset_name=dataset_name)
+    return dataset_name
+
+
+def plan_and_preprocess(paths: NnunetPaths, dataset_id: int, configurations: list[str],
+                        extra_args: list[str] | None = None) -> None:
+    """Run the real `nnUNetv2_plan_and_preprocess` (its output goes to our stderr)."""
+    command = [_entry_point("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", *configurations,
+               "-np", "1", *(extra_args or [])]
+    subprocess.run(command, env={**os.environ, **paths.environment()}, check=True,
+                   stdout=sys.stderr, stderr=sys.stderr)
+
+
+def _entry_point(name: str) -> str:
+    """nnU-Net's console scripts live beside the running interpreter in a virtual environment."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name

@@ -1,0 +1,30 @@
+"""Stage 3: decide whether a fresh replay proves the cache warm.
+
+Zero FX-graph misses and zero AOTAutograd misses are required; a bypass (a graph torch refuses to cache)
+would recompile in every training job, so it fails verification too. Times are kept beside the counters:
+on CPU, full hits can still hide kernel rebuilds, and only the time shows that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def problems(counters: dict[str, Any]) -> list[str]:
+    """What keeps a replay's counters from proving the cache warm; empty when it is warm."""
+    found = []
+    for key, what in (("fx_miss", "FX-graph misses"), ("aot_miss", "AOTAutograd misses"),
+                      ("fx_bypass", "FX-graph bypasses"), ("aot_bypass", "AOTAutograd bypasses")):
+        if counters.get(key, 0):
+            found.append(f"{counters[key]} {what}")
+    if counters.get("fx_hit", 0) == 0:
+        found.append("no FX-graph hits (nothing was compiled?)")
+    return found
+
+
+def speedup(cold: dict[str, Any] | None, verify: dict[str, Any]) -> float | None:
+    """Cold replay time over verify replay time, phase sums measured in this warm."""
+    if not cold or not cold.get("phases") or not verify.get("phases"):
+        return None
+    warm_seconds = sum(verify["phases"].values())
+    return round(sum(cold["phases"].values()) / warm_seconds, 1) if warm_seconds > 0 else None
