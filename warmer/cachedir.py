@@ -48,6 +48,13 @@ class CacheDir:
     def shell_exports(self) -> str:
         return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.torch_environment().items())
 
+    def remove_if_empty(self) -> None:
+        """Undo the empty folders torch creates on import when nothing was compiled."""
+        if self.root.is_dir() and not any(p.is_file() for p in self.root.rglob("*")):
+            for folder in sorted(self.root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                folder.rmdir()
+            self.root.rmdir()
+
     def require_writable(self) -> None:
         """Fail before any work if the directory (or the nearest existing parent) cannot be written."""
         probe = self.root

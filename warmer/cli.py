@@ -75,6 +75,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
     cache = CacheDir(Path(args.cache_dir))
     dp, targets = _targets(args)
     cache.require_writable()
+    existed = cache.root.exists()
     outcomes, failures = [], []
     for index, target in enumerate(targets, 1):
         prefix = f"[{index}/{len(targets)}] {target.configuration} ({target.trainer}, batch " \
@@ -89,6 +90,8 @@ def cmd_warm(args: argparse.Namespace) -> int:
         outcomes.append(outcome)
         if not args.json:
             print(f"{target.label}: {outcome.message}")
+    if not existed:
+        cache.remove_if_empty()
     if args.json:
         _emit_json({"cache_dir": str(cache.root), "targets": [o.to_dict() for o in outcomes],
                     "failures": failures})

@@ -1,0 +1,94 @@
+"""End to end: real planner -> `nnunet-warmer warm` -> real `nnUNetv2_train` under `nnunet-warmer run`.
+
+The acceptance of the core: zero FX-graph and zero AOTAutograd misses over a whole real training run
+(train, validation, final validation) for 2d and 3d_fullres; and a cache warmed for another batch size
+gives misses, so the check can fail.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import BIN, CPU_TRAINER, cli
+
+pytestmark = pytest.mark.e2e
+CONFIGURATIONS = ["2d", "3d_fullres"]
+
+
+@pytest.fixture(scope="session")
+def warmed(planned, tmp_path_factory) -> tuple[Path, dict]:
+    cache = tmp_path_factory.mktemp("shared") / "torch-cache"
+    result = cli("warm", "-d", "990", "-c", *CONFIGURATIONS, "-tr", CPU_TRAINER, "--device", "cpu",
+                 "--cache-dir", str(cache), "--json", env=_env(planned))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cache, json.loads(result.stdout)
+
+
+def _env(planned) -> dict[str, str]:
+    from .conftest import TRAINERS_DIR
+
+    return {**planned.environment(), "nnUNet_extTrainer": str(TRAINERS_DIR)}
+
+
+def _train_under_run(planned, cache: Path, configuration: str, tmp_path: Path, plans: str = "nnUNetPlans") -> dict:
+    summary_file = tmp_path / f"run-{configuration}.json"
+    env = {**_env(planned), "nnUNet_results": str(tmp_path / "results")}
+    result = cli("run", "--cache-dir", str(cache), "--json", str(summary_file), "--",
+                 str(BIN / "nnUNetv2_train"), "990", configuration, "0", "-tr", CPU_TRAINER, "-p", plans,
+                 "-device", "cpu", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "nnunet-warmer: FX graphs" in result.stderr.splitlines()[-1]
+    return json.loads(summary_file.read_text())
+
+
+def test_warm_verifies_every_target(warmed) -> None:
+    cache, report = warmed
+    assert [t["state"] for t in report["targets"]] == ["warm", "warm"]
+    for target in report["targets"]:
+        assert target["verify"]["counters"]["fx_miss"] == 0 and target["verify"]["counters"]["aot_miss"] == 0
+        assert target["cold"]["counters"]["fx_miss"] > 0
+        assert Path(target["manifest"]).is_file()
+
+
+def test_status_is_warm_and_exits_0(planned, warmed) -> None:
+    cache, _ = warmed
+    result = cli("status", "-d", "990", "-c", *CONFIGURATIONS, "-tr", CPU_TRAINER, "--device", "cpu",
+                 "--cache-dir", str(cache), "--json", env=_env(planned))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [t["state"] for t in json.loads(result.stdout)["targets"]] == ["warm", "warm"]
+
+
+def test_status_names_the_fingerprint_part_that_differs(planned, warmed) -> None:
+    cache, _ = warmed
+    result = cli("status", "-d", "990", "-c", "3d_fullres", "-tr", CPU_TRAINER, "--device", "cpu",
+                 "--cache-dir", str(cache), env={**_env(planned), "TORCH_COMPILE_CACHE_KEY_TAG": "other"})
+    assert result.returncode == 1
+    assert result.stdout.startswith("stale") and "cache_key_tag" in result.stdout
+
+
+@pytest.mark.parametrize("configuration", CONFIGURATIONS)
+def test_real_training_misses_nothing(planned, warmed, tmp_path, configuration: str) -> None:
+    cache, _ = warmed
+    summary = _train_under_run(planned, cache, configuration, tmp_path)
+    assert summary["fx_miss"] == 0 and summary["aot_miss"] == 0, summary
+    assert summary["fx_hit"] > 0 and summary["aot_hit"] > 0
+
+
+def test_cache_warmed_for_another_batch_size_misses(planned, tmp_path) -> None:
+    folder = planned.preprocessed / "Dataset990_WarmerDemo"
+    plans = json.loads((folder / "nnUNetPlans.json").read_text())
+    plans["plans_name"] = "nnUNetPlansBS3"
+    plans["configurations"]["3d_fullres"]["batch_size"] = 3
+    (folder / "nnUNetPlansBS3.json").write_text(json.dumps(plans))
+    other = tmp_path / "bs3-cache"
+    result = cli("warm", "-d", "990", "-c", "3d_fullres", "-p", "nnUNetPlansBS3", "-tr", CPU_TRAINER,
+                 "--device", "cpu", "--cache-dir", str(other), env=_env(planned))
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = cli("status", "-d", "990", "-c", "3d_fullres", "-tr", CPU_TRAINER, "--device", "cpu",
+                 "--cache-dir", str(other), env=_env(planned))
+    assert status.returncode == 1 and status.stdout.startswith("cold")
+    summary = _train_under_run(planned, other, "3d_fullres", tmp_path)
+    assert summary["fx_miss"] > 0, summary

@@ -1,0 +1,95 @@
+"""Errors a user can cause: one line naming problem and fix, exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from warmer.cli import main
+
+from .conftest import CPU_TRAINER, cli
+
+
+def _broken_plans(nnunet_env, name: str, content: str) -> str:
+    folder = nnunet_env.preprocessed / "Dataset990_WarmerDemo"
+    (folder / f"{name}.json").write_text(content)
+    return name
+
+
+CASES = {
+    "no such dataset": lambda env, tmp: ["-d", "123"],
+    "bad dataset id": lambda env, tmp: ["-d", "banana"],
+    "plans file missing": lambda env, tmp: ["-d", "990", "-p", "nnUNetPlansNope"],
+    "plans JSON malformed": lambda env, tmp: ["-d", "990", "-p", _broken_plans(env, "Malformed", "{not json")],
+    "plans without configurations": lambda env, tmp: ["-d", "990", "-p", _broken_plans(env, "NoConf", "{}")],
+    "plans missing keys": lambda env, tmp: ["-d", "990", "-p", _broken_plans(
+        env, "MissingKeys", json.dumps({"configurations": {"3d_fullres": {"patch_size": [8, 8, 8]}}}))],
+    "unknown configuration": lambda env, tmp: ["-d", "990", "-c", "3d_hugeres"],
+    "unknown trainer": lambda env, tmp: ["-d", "990", "-tr", "nnUNetTrainerDoesNotExist"],
+    "cuda without cuda": lambda env, tmp: ["-d", "990", "--device", "cuda"],
+    "unknown device": lambda env, tmp: ["-d", "990", "--device", "tpu"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("command", ["list", "warm", "status"])
+def test_bad_input_is_one_line_and_exit_2(nnunet_env, tmp_path, capsys, case: str, command: str) -> None:
+    cache = tmp_path / "cache"
+    args = [command, *CASES[case](nnunet_env, tmp_path)]
+    if command != "list":
+        args += ["--cache-dir", str(cache)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nnunet-warmer: error: ") and ":" in err[0][22:], err
+    assert not cache.exists()
+
+
+def test_preprocessed_unset(monkeypatch, capsys) -> None:
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    assert main(["list", "-d", "990"]) == 2
+    assert "export nnUNet_preprocessed" in capsys.readouterr().err
+
+
+def test_dataset_json_without_channels(nnunet_env, capsys) -> None:
+    folder = nnunet_env.preprocessed / "Dataset990_WarmerDemo"
+    original = (folder / "dataset.json").read_text()
+    broken = {k: v for k, v in json.loads(original).items() if k != "channel_names"}
+    (folder / "dataset.json").write_text(json.dumps(broken))
+    try:
+        assert main(["list", "-d", "990"]) == 2
+    finally:
+        (folder / "dataset.json").write_text(original)
+    assert "channel_names" in capsys.readouterr().err
+
+
+def test_cache_dir_not_a_directory(nnunet_env, tmp_path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["warm", "-d", "990", "-tr", CPU_TRAINER, "--device", "cpu",
+                 "--cache-dir", str(blocker / "cache")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert blocker.read_text() == "x"
+
+
+def test_run_without_command_or_unknown_command(tmp_path, capsys) -> None:
+    assert main(["run", "--cache-dir", str(tmp_path / "c")]) == 2
+    assert main(["run", "--cache-dir", str(tmp_path / "c"), "--", "no-such-command-xyz"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 2
+
+
+def test_no_traceback_from_the_installed_command(nnunet_env, tmp_path) -> None:
+    result = cli("warm", "-d", "990", "-p", "nnUNetPlansNope", "--cache-dir", str(tmp_path / "c"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("nnunet-warmer: error: plans file")
+
+
+def test_trainer_that_does_not_compile_here_writes_nothing(nnunet_env, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    result = cli("warm", "-d", "990", "-c", "3d_fullres", "--device", "cpu", "--cache-dir", str(cache))
+    assert result.returncode == 0, result.stderr
+    assert "does not use torch.compile on cpu" in result.stdout
+    assert len(result.stdout.strip().splitlines()) == 1
+    assert not cache.exists()

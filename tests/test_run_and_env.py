@@ -1,0 +1,55 @@
+"""`env` and `run`: the environment a job needs, exit codes kept, counters from every Python process."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from warmer.cachedir import CacheDir
+
+from .conftest import cli
+
+SPAWNING_SCRIPT = """
+import multiprocessing
+import torch
+
+def work(_):
+    return float(torch.compile(lambda x: x * 2 + 1)(torch.ones(4)).sum())
+
+if __name__ == "__main__":
+    work(0)
+    child = multiprocessing.get_context("spawn").Process(target=work, args=(0,))  # as torch's mp.spawn (DDP)
+    child.start()
+    child.join()
+    raise SystemExit(3)
+"""
+
+
+def test_env_exports_point_torch_at_the_cache(tmp_path: Path) -> None:
+    result = cli("env", "--cache-dir", str(tmp_path / "shared dir"), "--cpu-trainers")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert f"export TORCHINDUCTOR_CACHE_DIR='{tmp_path}/shared dir/inductor'" in lines
+    assert "export TORCHINDUCTOR_FX_GRAPH_CACHE=1" in lines and "export TORCHINDUCTOR_AUTOGRAD_CACHE=1" in lines
+    assert any(line.startswith("export nnUNet_extTrainer=") for line in lines)
+    as_json = json.loads(cli("env", "--cache-dir", str(tmp_path), "--json").stdout)
+    assert as_json == CacheDir(tmp_path).torch_environment()
+
+
+def test_run_keeps_exit_code_and_counts_spawned_children(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(SPAWNING_SCRIPT)
+    summary_file = tmp_path / "summary.json"
+    cache = tmp_path / "cache"
+    result = cli("run", "--cache-dir", str(cache), "--json", str(summary_file), "--", sys.executable, str(script))
+    assert result.returncode == 3
+    summary = json.loads(summary_file.read_text())
+    assert summary["exit_code"] == 3
+    compiled = [p for p in summary["per_process"] if p["frames"] > 0]
+    assert len(compiled) == 2, summary["per_process"]  # the parent and its spawn child
+    assert summary["fx_miss"] + summary["fx_hit"] >= 2
+    assert (cache / "inductor").is_dir()
+    second = cli("run", "--cache-dir", str(cache), "--json", str(summary_file), "--", sys.executable, str(script))
+    assert second.returncode == 3
+    assert json.loads(summary_file.read_text())["fx_miss"] == 0
