@@ -32,7 +32,16 @@ def device_description(device: str) -> dict[str, str]:
         index = int(device.split(":")[1]) if ":" in device else 0
         major, minor = torch.cuda.get_device_capability(index)
         return {"gpu_name": torch.cuda.get_device_name(index), "gpu_capability": f"{major}.{minor}"}
-    return {"gpu_name": "none", "gpu_capability": "none", "cpu": platform.machine()}
+    return {"gpu_name": "none", "gpu_capability": "none", "cpu": f"{platform.machine()} {_cpu_model()}".strip()}
+
+
+def _cpu_model() -> str:
+    """Inductor's C++ kernels are built with -march=native: a CPU cache is only good on the same CPU model."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
 
 
 def software_fingerprint() -> dict[str, str]:
