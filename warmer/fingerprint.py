@@ -12,9 +12,12 @@ import os
 import platform
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from warmer.plans import DatasetPlans, Target, find_trainer_class, plans_hash, trainer_source_hash
+
+COMPILE_ENV_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_DYNAMO_", "TORCH_COMPILE_")
 
 
 def _version(distribution: str) -> str:
@@ -44,6 +47,19 @@ def _cpu_model() -> str:
         return ""
 
 
+def compile_environment() -> str:
+    """Compiler switches set in the environment (they change inductor's config, hence every key).
+
+    The cache location and the cache switches that `nnunet-warmer env` sets itself are left out.
+    """
+    from warmer.cachedir import CacheDir
+
+    ours = set(CacheDir(Path(".")).torch_environment()) | {"TORCH_COMPILE_CACHE_KEY_TAG"}
+    relevant = {k: v for k, v in os.environ.items()
+                if k.startswith(COMPILE_ENV_PREFIXES) and k not in ours}
+    return json.dumps(relevant, sort_keys=True) if relevant else ""
+
+
 def software_fingerprint() -> dict[str, str]:
     import torch
     import torch._dynamo.config as dynamo_config
@@ -58,6 +74,7 @@ def software_fingerprint() -> dict[str, str]:
         "dynamic_network_architectures": _version("dynamic_network_architectures"),
         "automatic_dynamic_shapes": str(bool(dynamo_config.automatic_dynamic_shapes)),
         "cache_key_tag": os.environ.get("TORCH_COMPILE_CACHE_KEY_TAG", ""),
+        "compile_env": compile_environment(),
         "platform": sys.platform,
     }
 
