@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from warmer.cli import main
 
@@ -28,7 +29,8 @@ CASES = {
         env, "MissingKeys", json.dumps({"configurations": {"3d_fullres": {"patch_size": [8, 8, 8]}}}))],
     "unknown configuration": lambda env, tmp: ["-d", "990", "-c", "3d_hugeres"],
     "unknown trainer": lambda env, tmp: ["-d", "990", "-tr", "nnUNetTrainerDoesNotExist"],
-    "cuda without cuda": lambda env, tmp: ["-d", "990", "--device", "cuda"],
+    "cuda without cuda": lambda env, tmp: ["-d", "990", "--device", "cuda"] if not torch.cuda.is_available()
+    else ["-d", "990", "--device", "cuda:99"],
     "unknown device": lambda env, tmp: ["-d", "990", "--device", "tpu"],
 }
 

@@ -6,11 +6,12 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from warmer.cachedir import CacheDir, default_cache_dir
-from warmer.errors import UserError
+from warmer.errors import UserError, WarmError
 
 TRAINERS_DIR = Path(__file__).parent / "trainers"
 
@@ -28,7 +29,11 @@ def resolve_device(requested: str) -> str:
         if not torch.cuda.is_available():
             raise UserError("--device cuda was requested but torch sees no CUDA device here: run on a GPU node "
                             "or pass --device cpu")
-        return requested if ":" in requested else "cuda:0"
+        index = requested.partition(":")[2] or "0"
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise UserError(f"--device {requested}: this node has {torch.cuda.device_count()} CUDA device(s): "
+                            f"pass cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        return f"cuda:{index}"
     if requested == "cpu":
         return "cpu"
     raise UserError(f"unknown --device '{requested}': use cuda, cuda:N or cpu")
@@ -70,7 +75,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
-    from warmer.warm import WarmError, warm_target
+    from warmer.warm import warm_target
 
     cache = CacheDir(Path(args.cache_dir))
     dp, targets = _targets(args)
@@ -197,11 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
     try:
         return int(args.func(args))
     except UserError as e:
         _stderr(f"nnunet-warmer: error: {e}")
         return 2
+    except WarmError as e:
+        _stderr(f"nnunet-warmer: failed: {e}")
+        return 1
     except KeyboardInterrupt:
         _stderr("nnunet-warmer: interrupted")
         return 130

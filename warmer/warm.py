@@ -19,15 +19,12 @@ from typing import Any
 
 from warmer import publish, verify
 from warmer.cachedir import CacheDir
+from warmer.errors import WarmError
 from warmer.fingerprint import fingerprint_id, target_fingerprint
 from warmer.plans import DatasetPlans, Target
 from warmer.replay import PROGRESS_PREFIX
 
 Reporter = Callable[[str], None]
-
-
-class WarmError(Exception):
-    """A target could not be warmed or verified; the message says why and where the log is."""
 
 
 @dataclass
