@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from warmer import CPU_TRAINERS_DIR
 from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, plan_and_preprocess, write_raw_dataset
 
-TRAINERS_DIR = Path(__file__).parent.parent / "warmer" / "trainers"
 CPU_TRAINER = "nnUNetTrainerCPUCompile_2it"
 BIN = Path(sys.executable).parent
 
@@ -29,7 +29,7 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> NnunetPaths:
 def nnunet_env(planned: NnunetPaths, monkeypatch: pytest.MonkeyPatch) -> NnunetPaths:
     for key, value in planned.environment().items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("nnUNet_extTrainer", str(TRAINERS_DIR))
+    monkeypatch.setenv("nnUNet_extTrainer", str(CPU_TRAINERS_DIR))
     return planned
 
 

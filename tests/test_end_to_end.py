@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from warmer import CPU_TRAINERS_DIR
+
 from .conftest import BIN, CPU_TRAINER, cli
 
 pytestmark = pytest.mark.e2e
@@ -28,9 +30,7 @@ def warmed(planned, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def _env(planned) -> dict[str, str]:
-    from .conftest import TRAINERS_DIR
-
-    return {**planned.environment(), "nnUNet_extTrainer": str(TRAINERS_DIR)}
+    return {**planned.environment(), "nnUNet_extTrainer": str(CPU_TRAINERS_DIR)}
 
 
 def _train_under_run(planned, cache: Path, configuration: str, tmp_path: Path, plans: str = "nnUNetPlans") -> dict:

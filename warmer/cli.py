@@ -10,10 +10,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from warmer import CPU_TRAINERS_DIR
 from warmer.cachedir import CacheDir, default_cache_dir
 from warmer.errors import UserError, WarmError
-
-TRAINERS_DIR = Path(__file__).parent / "trainers"
 
 
 def _stderr(message: str) -> None:
@@ -121,7 +120,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     cache = CacheDir(Path(args.cache_dir))
     exports = cache.shell_exports()
     if args.cpu_trainers:
-        folders = [str(TRAINERS_DIR)] + [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+        folders = [str(CPU_TRAINERS_DIR)] + [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
         exports += f"export nnUNet_extTrainer={os.pathsep.join(dict.fromkeys(folders))}\n"
     if args.json:
         _emit_json({line.split("=", 1)[0][len("export "):]: line.split("=", 1)[1]

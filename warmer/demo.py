@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from warmer import counters
+from warmer import CPU_TRAINERS_DIR, counters
 from warmer.cachedir import CacheDir
 from warmer.runner import run_command
-from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, _entry_point, plan_and_preprocess, write_raw_dataset
+from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, entry_point, plan_and_preprocess, write_raw_dataset
 
 DEMO_TRAINER = "nnUNetTrainerCPUCompile_2it"
-TRAINERS_DIR = Path(__file__).parent / "trainers"
 
 
 def _say(message: str) -> None:
@@ -27,7 +26,7 @@ def _say(message: str) -> None:
 
 
 def train_command(dataset_id: int, configuration: str, device: str) -> list[str]:
-    return [_entry_point("nnUNetv2_train"), str(dataset_id), configuration, "0", "-tr", DEMO_TRAINER,
+    return [entry_point("nnUNetv2_train"), str(dataset_id), configuration, "0", "-tr", DEMO_TRAINER,
             "-device", device.split(":")[0]]
 
 
@@ -41,7 +40,7 @@ def run_demo(workdir: Path, configurations: list[str], as_json: bool) -> int:
     workdir = workdir.absolute()
     paths = NnunetPaths(workdir)
     os.environ.update(paths.environment())
-    os.environ["nnUNet_extTrainer"] = str(TRAINERS_DIR)
+    os.environ["nnUNet_extTrainer"] = str(CPU_TRAINERS_DIR)
     dataset_folder = paths.preprocessed
     if not any(dataset_folder.glob(f"Dataset{DEFAULT_DATASET_ID:03d}_*/nnUNetPlans.json")):
         _say(f"writing a synthetic dataset to {paths.raw} and planning it with nnUNetv2_plan_and_preprocess")

@@ -76,13 +76,13 @@ def write_raw_dataset(paths: NnunetPaths, dataset_id: int = DEFAULT_DATASET_ID, 
 def plan_and_preprocess(paths: NnunetPaths, dataset_id: int, configurations: list[str],
                         extra_args: list[str] | None = None) -> None:
     """Run the real `nnUNetv2_plan_and_preprocess` (its output goes to our stderr)."""
-    command = [_entry_point("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", *configurations,
+    command = [entry_point("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", *configurations,
                "-np", "1", *(extra_args or [])]
     subprocess.run(command, env={**os.environ, **paths.environment()}, check=True,
                    stdout=sys.stderr, stderr=sys.stderr)
 
 
-def _entry_point(name: str) -> str:
+def entry_point(name: str) -> str:
     """nnU-Net's console scripts live beside the running interpreter in a virtual environment."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,10 @@ class WarmOutcome:
     cold: dict[str, Any] | None = None
     verify: dict[str, Any] | None = None
     manifest: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target.to_dict(), "label": self.target.label, "state": self.state,
-                "message": self.message, "cold": self.cold, "verify": self.verify, "manifest": self.manifest,
-                **self.extra}
+                "message": self.message, "cold": self.cold, "verify": self.verify, "manifest": self.manifest}
 
 
 def run_replay(target: Target, cache: CacheDir, step: str, report: Reporter,
