@@ -57,10 +57,14 @@ def run_demo(workdir: Path, configurations: list[str], as_json: bool) -> int:
         runs = {}
         for label, use in (("cold", cold_cache), ("warm", cache)):
             shutil.rmtree(paths.results, ignore_errors=True)
-            _say(f"{target.configuration}: real nnUNetv2_train on the {label} cache ...")
-            code, summary = run_command(train_command(DEFAULT_DATASET_ID, target.configuration, device), use)
+            log_path = workdir / "logs" / f"nnUNetv2_train-{target.configuration}-{label}.log"
+            log_path.parent.mkdir(exist_ok=True)
+            _say(f"{target.configuration}: real nnUNetv2_train on the {label} cache (log: {log_path}) ...")
+            with open(log_path, "w") as log:
+                code, summary = run_command(train_command(DEFAULT_DATASET_ID, target.configuration, device), use,
+                                            output=log)
             if code != 0:
-                _say(f"{target.configuration}: nnUNetv2_train failed with exit code {code}")
+                _say(f"{target.configuration}: nnUNetv2_train failed with exit code {code}, see {log_path}")
                 return 1
             _say(f"{target.configuration}: {label}: {counters.describe(summary)}, wall "
                  f"{summary['wall_seconds']:.1f} s")

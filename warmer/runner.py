@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import warmer
 from warmer import counters
@@ -31,14 +31,17 @@ def probe_environment(records_dir: Path) -> dict[str, str]:
     }
 
 
-def run_command(command: list[str], cache: CacheDir, extra_env: dict[str, str] | None = None
-                ) -> tuple[int, dict[str, Any]]:
-    """Run `command` to completion; return its exit code and the summed counters of its processes."""
+def run_command(command: list[str], cache: CacheDir, extra_env: dict[str, str] | None = None,
+                output: IO[str] | None = None) -> tuple[int, dict[str, Any]]:
+    """Run `command` to completion; return its exit code and the summed counters of its processes.
+
+    The command's stdout and stderr go to `output` when given, else to ours.
+    """
     with tempfile.TemporaryDirectory(prefix="nnunet-warmer-run-") as records:
         env = {**os.environ, **cache.torch_environment(), **(extra_env or {}), **probe_environment(Path(records))}
         start = time.perf_counter()
         try:
-            code = subprocess.call(command, env=env)
+            code = subprocess.call(command, env=env, stdout=output, stderr=output)
         except FileNotFoundError:
             raise UserError(f"command not found: {command[0]}: check the spelling and PATH") from None
         wall = time.perf_counter() - start
