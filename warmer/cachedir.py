@@ -3,6 +3,7 @@
 Layout under the directory a user passes as `--cache-dir`:
   inductor/   torch's own cache (TORCHINDUCTOR_CACHE_DIR): FX graphs, AOTAutograd entries, kernels, Triton
   manifests/  one JSON per verified target and environment fingerprint (written by the publish stage)
+  locks/      one lock per target and fingerprint, so only one warmer compiles it at a time
 The warmer and every training job must see the same environment, so both take it from `torch_environment`.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,10 @@ class CacheDir:
     def manifests(self) -> Path:
         return self.root / "manifests"
 
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
     def torch_environment(self) -> dict[str, str]:
         """Variables a process needs to read and write this cache exactly as the warmer did."""
         return {
@@ -49,11 +55,10 @@ class CacheDir:
         return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.torch_environment().items())
 
     def remove_if_empty(self) -> None:
-        """Undo the empty folders torch creates on import when nothing was compiled."""
-        if self.root.is_dir() and not any(p.is_file() for p in self.root.rglob("*")):
-            for folder in sorted(self.root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                folder.rmdir()
-            self.root.rmdir()
+        """Undo a new cache dir when nothing was compiled: only empty folders (torch makes them on import)
+        and our own lock files are in it."""
+        if self.root.is_dir() and not any(p.is_file() and self.locks not in p.parents for p in self.root.rglob("*")):
+            shutil.rmtree(self.root)
 
     def require_writable(self) -> None:
         """Fail before any work if the directory (or the nearest existing parent) cannot be written."""

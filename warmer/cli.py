@@ -13,6 +13,7 @@ from typing import Any
 from warmer import CPU_TRAINERS_DIR
 from warmer.cachedir import CacheDir, default_cache_dir
 from warmer.errors import UserError, WarmError
+from warmer.warm import DEFAULT_WAIT_TIMEOUT
 
 
 def _stderr(message: str) -> None:
@@ -86,7 +87,8 @@ def cmd_warm(args: argparse.Namespace) -> int:
                  f"{target.batch_per_rank}, {target.device})"
         _stderr(f"{prefix}: warming")
         try:
-            outcome = warm_target(dp, target, cache, lambda msg, p=prefix: _stderr(f"{p}: {msg}"))
+            outcome = warm_target(dp, target, cache, lambda msg, p=prefix: _stderr(f"{p}: {msg}"),
+                                  args.wait_timeout)
         except WarmError as e:
             failures.append(str(e))
             _stderr(f"{prefix}: FAILED: {e}")
@@ -176,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("warm", help="compile every target into the cache and verify it from a fresh process")
     _add_target_options(p, cache=True)
+    p.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
+                   help=f"how long to wait for another warmer of the same target (default {DEFAULT_WAIT_TIMEOUT:.0f})")
     p.set_defaults(func=cmd_warm)
     p = sub.add_parser("status", help="warm / stale / cold per target; exit 0 only if all are warm")
     _add_target_options(p, cache=True)

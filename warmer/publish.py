@@ -20,8 +20,8 @@ from warmer.plans import Target
 MANIFEST_VERSION = 1
 
 
-def target_folder(cache: CacheDir, target: Target) -> Path:
-    return (cache.manifests / target.dataset_name / target.plans_identifier / target.configuration
+def target_folder(cache: CacheDir, target: Target, base: Path | None = None) -> Path:
+    return ((base or cache.manifests) / target.dataset_name / target.plans_identifier / target.configuration
             / target.trainer)
 
 

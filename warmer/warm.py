@@ -1,7 +1,7 @@
 """Wire the stages for one target: replay in a fresh process, verify in another, publish the manifest.
 
 A target that already has a manifest for this fingerprint is re-verified only (seconds, not minutes);
-if that verification misses, it is compiled again.
+if that verification misses, it is compiled again. All of it runs under the target's lock.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from warmer import publish, verify
 from warmer.cachedir import CacheDir
 from warmer.errors import WarmError
 from warmer.fingerprint import fingerprint_id, target_fingerprint
+from warmer.locking import target_lock
 from warmer.plans import DatasetPlans, Target
 from warmer.replay import PROGRESS_PREFIX
 
 Reporter = Callable[[str], None]
+DEFAULT_WAIT_TIMEOUT = 7200.0
 
 
 @dataclass
@@ -69,9 +71,18 @@ def run_replay(target: Target, cache: CacheDir, step: str, report: Reporter,
     return result
 
 
-def warm_target(dp: DatasetPlans, target: Target, cache: CacheDir, report: Reporter) -> WarmOutcome:
+def warm_target(dp: DatasetPlans, target: Target, cache: CacheDir, report: Reporter,
+                wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> WarmOutcome:
+    """Warm one target under its lock: a second warmer waits, then finds the manifest and only verifies."""
     fingerprint = target_fingerprint(dp, target)
     fp_id = fingerprint_id(fingerprint)
+    lock_path = publish.target_folder(cache, target, cache.locks) / f"{fp_id}.lock"
+    with target_lock(lock_path, wait_timeout, report):
+        return _warm_locked(target, cache, report, fingerprint, fp_id)
+
+
+def _warm_locked(target: Target, cache: CacheDir, report: Reporter, fingerprint: dict[str, str],
+                 fp_id: str) -> WarmOutcome:
     existing = next((m for m in publish.read_manifests(cache, target) if m.get("fingerprint_id") == fp_id
                      and m.get("fingerprint") == fingerprint), None)
     if existing is not None:
