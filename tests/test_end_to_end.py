@@ -77,6 +77,16 @@ def test_real_training_misses_nothing(planned, warmed, tmp_path, configuration: 
     assert summary["fx_hit"] > 0 and summary["aot_hit"] > 0
 
 
+def test_stats_sum_the_warms_and_runs(planned, warmed) -> None:
+    cache, _ = warmed
+    result = cli("stats", "--cache-dir", str(cache), "--json", env=_env(planned))
+    assert result.returncode == 0, result.stderr
+    totals = json.loads(result.stdout)["totals"]
+    assert totals["warms"] == 2 and totals["runs"] == len(CONFIGURATIONS)
+    assert totals["fx_miss"] == 0 and totals["fx_hit"] > 0
+    assert totals["estimated_seconds_saved"] > 0
+
+
 def test_cache_warmed_for_another_batch_size_misses(planned, tmp_path) -> None:
     folder = planned.preprocessed / "Dataset990_WarmerDemo"
     plans = json.loads((folder / "nnUNetPlans.json").read_text())

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,8 @@ def cmd_warm(args: argparse.Namespace) -> int:
             _stderr(f"{prefix}: FAILED: {e}")
             continue
         outcomes.append(outcome)
+        if outcome.state != "no-compile":
+            _record(cache, _warm_record(outcome))
         if not args.json:
             print(f"{target.label}: {outcome.message}")
     if not existed:
@@ -135,17 +138,78 @@ def cmd_env(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from warmer import counters
     from warmer.runner import run_command
+    from warmer.stats import estimated_seconds_saved, nnunet_target_of
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UserError("no command given: nnunet-warmer run -- nnUNetv2_train DATASET CONFIG FOLD")
     cache = CacheDir(Path(args.cache_dir))
     code, summary = run_command(command, cache)
+    target = nnunet_target_of(command)
+    summary["estimated_seconds_saved"] = estimated_seconds_saved(cache, target, summary["compile_seconds"])
+    gpu_names = sorted({p["gpu_name"] for p in summary["per_process"] if p.get("gpu_name")})
+    _record(cache, {"kind": "run", "command": command, **target, "gpu_name": ", ".join(gpu_names),
+                    **{k: v for k, v in summary.items() if k not in ("per_process", "command", "cache_dir")}})
     _stderr(f"nnunet-warmer: {counters.describe(summary)} in {summary['processes']} process(es); "
             f"wall {summary['wall_seconds']:.1f} s; exit code {code}")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     return code
+
+
+def _record(cache: CacheDir, record: dict[str, Any]) -> None:
+    """Append to the ledger; a read-only cache must not fail the job, so say it and go on."""
+    from warmer import ledger
+
+    try:
+        ledger.append(cache, record)
+    except OSError as e:
+        _stderr(f"nnunet-warmer: ledger not written ({e}); the cache dir is read-only for this user")
+
+
+def _warm_record(outcome: Any) -> dict[str, Any]:
+    from warmer.counters import FIELDS
+
+    replay = outcome.cold if outcome.state == "warm" else outcome.verify
+    counters = (replay or {}).get("counters", {})
+    fingerprint = (replay or {}).get("fingerprint", {})
+    t = outcome.target
+    return {"kind": "warm", "state": outcome.state, "dataset": t.dataset_name, "configuration": t.configuration,
+            "trainer": t.trainer, "plans": t.plans_identifier, "batch_per_rank": t.batch_per_rank,
+            "device": t.device, "gpu_name": fingerprint.get("gpu_name") if fingerprint.get("gpu_name") != "none"
+            else "", **{k: counters.get(k, 0) for k in FIELDS},
+            "compile_seconds": counters.get("compile_seconds", 0.0),
+            "wall_seconds": (replay or {}).get("wall_seconds", 0.0)}
+
+
+def _parse_since(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise UserError(f"--since '{value}' is neither a date (2026-11-29T08:00) nor seconds since the epoch: "
+                        f"fix --since") from None
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from warmer import ledger, stats
+
+    cache = CacheDir(Path(args.cache_dir))
+    if args.zero:
+        cache.require_writable()
+        started = ledger.start_new_period(cache)
+        print(f"new statistics period from {datetime.fromtimestamp(started).isoformat(timespec='seconds')}")
+        return 0
+    since = _parse_since(args.since) if args.since else ledger.period_start(cache)
+    summary = stats.summarize(cache, since)
+    if args.json:
+        _emit_json(summary)
+    else:
+        print(stats.describe(summary))
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -195,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("stats", help="hits, misses, compile seconds and seconds saved, from the ledger")
+    _add_cache_option(p)
+    p.add_argument("--since", help="only records from this date (ISO) or epoch second on (default: last --zero)")
+    p.add_argument("--zero", action="store_true", help="start a new statistics period")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
     p = sub.add_parser("demo", help="synthetic dataset -> plan -> warm -> short real training, cold vs warm")
     p.add_argument("--workdir", default="nnunet-warmer-demo", help="where the demo writes")
     p.add_argument("-c", nargs="+", default=["2d", "3d_fullres"], metavar="CONFIG")

@@ -23,6 +23,9 @@ def _write_counters() -> None:
         record = snapshot()
         record["pid"] = os.getpid()
         record["argv"] = sys.argv[:3]
+        cuda = getattr(sys.modules.get("torch"), "cuda", None)
+        if cuda is not None and cuda.is_initialized():
+            record["gpu_name"] = cuda.get_device_name()
         path = os.path.join(_PROBE_DIR, f"{os.getpid()}.json")
         with open(path + ".tmp", "w") as f:
             json.dump(record, f)

@@ -1,0 +1,76 @@
+"""The ledger: one JSON line per `run` and per warmed target, appended to the shared cache directory.
+
+Each host appends to its own file (`ledger/<host>.jsonl`) under an flock, one `write` per record, then
+fsyncs, so concurrent writers on one host never interleave and hosts never append to the same file over NFS.
+Readers skip lines they cannot parse (a crash mid-write can leave a torn last line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from warmer.cachedir import CacheDir
+
+ZERO_MARKER = "period-start"
+
+
+def ledger_dir(cache: CacheDir) -> Path:
+    return cache.root / "ledger"
+
+
+def append(cache: CacheDir, record: dict[str, Any]) -> None:
+    """Append one record (time and host are added) to this host's ledger file."""
+    folder = ledger_dir(cache)
+    folder.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    line = json.dumps({"time": time.time(), "host": host, **record}, sort_keys=True, default=str) + "\n"
+    path = folder / f"{host}.jsonl"
+    with FileLock(str(path) + ".lock"):
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o664)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line  # end a line torn by a writer that died, so this record stays whole
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def records(cache: CacheDir, since: float = 0.0) -> Iterator[dict[str, Any]]:
+    """Every parseable record of every host at or after `since` (seconds since the epoch)."""
+    folder = ledger_dir(cache)
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        with open(path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and float(record.get("time", 0)) >= since:
+                    yield record
+
+
+def period_start(cache: CacheDir) -> float:
+    """When `stats --zero` last started a new period (0 if never)."""
+    try:
+        return float((ledger_dir(cache) / ZERO_MARKER).read_text())
+    except (OSError, ValueError):
+        return 0.0
+
+
+def start_new_period(cache: CacheDir) -> float:
+    now = time.time()
+    ledger_dir(cache).mkdir(parents=True, exist_ok=True)
+    tmp = ledger_dir(cache) / f".{ZERO_MARKER}.{socket.gethostname()}.{os.getpid()}"
+    tmp.write_text(repr(now))
+    os.replace(tmp, ledger_dir(cache) / ZERO_MARKER)
+    return now

@@ -1,0 +1,99 @@
+"""`nnunet-warmer stats`: what the cache saved, summed from the ledger, like `sccache --show-stats`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections import defaultdict
+from typing import Any
+
+from warmer import ledger, publish
+from warmer.cachedir import CacheDir
+from warmer.errors import UserError
+from warmer.plans import Target, resolve_dataset_name
+
+COUNTERS = ("fx_hit", "fx_miss", "aot_hit", "aot_miss")
+
+
+def nnunet_target_of(command: list[str]) -> dict[str, str]:
+    """Dataset, configuration, trainer and plans of an `nnUNetv2_train` / `nnUNetv2_predict` command line."""
+    program = command[0].rsplit("/", 1)[-1] if command else ""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-tr", default="nnUNetTrainer")
+    parser.add_argument("-p", default="nnUNetPlans")
+    if program == "nnUNetv2_train":
+        parser.add_argument("dataset")
+        parser.add_argument("configuration")
+    elif program == "nnUNetv2_predict":
+        parser.add_argument("-d", dest="dataset")
+        parser.add_argument("-c", dest="configuration")
+    else:
+        return {}
+    known, _ = parser.parse_known_args(command[1:])
+    dataset = str(known.dataset)
+    with contextlib.suppress(UserError):
+        dataset = resolve_dataset_name(dataset)
+    return {"dataset": dataset, "configuration": str(known.configuration), "trainer": known.tr, "plans": known.p}
+
+
+def estimated_seconds_saved(cache: CacheDir, target: dict[str, str], compile_seconds: float) -> float:
+    """Cold compile seconds recorded by the newest matching manifest, minus what this run still compiled."""
+    if not target:
+        return 0.0
+    probe = Target(target["dataset"], target["plans"], target["configuration"], target["trainer"], "", 0)
+    manifests = [m for m in publish.read_manifests(cache, probe) if (m.get("cold") or {}).get("counters")]
+    if not manifests:
+        return 0.0
+    cold = float(manifests[0]["cold"]["counters"].get("compile_seconds", 0.0))
+    return round(max(cold - compile_seconds, 0.0), 3)
+
+
+def summarize(cache: CacheDir, since: float) -> dict[str, Any]:
+    totals: dict[str, Any] = {k: 0 for k in COUNTERS}
+    totals.update(runs=0, warms=0, compile_seconds=0.0, warm_compile_seconds=0.0, estimated_seconds_saved=0.0)
+    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {k: 0 for k in (*COUNTERS, "runs", "warms")}
+                                                     | {"compile_seconds": 0.0, "estimated_seconds_saved": 0.0})
+    for record in ledger.records(cache, since):
+        key = f"{record.get('dataset', '?')}/{record.get('configuration', '?')}/{record.get('gpu_name') or 'cpu'}"
+        group = groups[key]
+        if record.get("kind") == "warm":
+            totals["warms"] += 1
+            group["warms"] += 1
+            totals["warm_compile_seconds"] += float(record.get("compile_seconds", 0.0))
+            continue
+        totals["runs"] += 1
+        group["runs"] += 1
+        for name in (*COUNTERS, "compile_seconds", "estimated_seconds_saved"):
+            value = record.get(name, 0)
+            totals[name] += value
+            group[name] += value
+    hits_and_misses = totals["fx_hit"] + totals["fx_miss"]
+    totals["fx_hit_rate"] = round(totals["fx_hit"] / hits_and_misses, 4) if hits_and_misses else None
+    for name in ("compile_seconds", "warm_compile_seconds", "estimated_seconds_saved"):
+        totals[name] = round(totals[name], 3)
+    return {"cache_dir": str(cache.root), "since": since, "totals": totals,
+            "groups": {k: {n: round(v, 3) if isinstance(v, float) else v for n, v in g.items()}
+                       for k, g in sorted(groups.items())}}
+
+
+def describe(summary: dict[str, Any]) -> str:
+    t = summary["totals"]
+    rate = f"{100 * t['fx_hit_rate']:.1f} %" if t["fx_hit_rate"] is not None else "-"
+    lines = [
+        f"{'Cache directory':34} {summary['cache_dir']}",
+        f"{'Runs / warms recorded':34} {t['runs']} / {t['warms']}",
+        f"{'FX-graph hits / misses':34} {t['fx_hit']} / {t['fx_miss']}",
+        f"{'FX-graph hit rate':34} {rate}",
+        f"{'AOTAutograd hits / misses':34} {t['aot_hit']} / {t['aot_miss']}",
+        f"{'Compile seconds in runs':34} {t['compile_seconds']:.1f}",
+        f"{'Compile seconds in warms':34} {t['warm_compile_seconds']:.1f}",
+        f"{'Estimated seconds saved':34} {t['estimated_seconds_saved']:.1f}",
+    ]
+    if summary["groups"]:
+        lines.append("")
+        lines.append(f"{'dataset/configuration/GPU':50} {'runs':>5} {'warms':>5} {'FX hit':>7} {'miss':>5} "
+                     f"{'compile s':>10} {'saved s':>8}")
+        for key, g in summary["groups"].items():
+            lines.append(f"{key:50} {g['runs']:>5} {g['warms']:>5} {g['fx_hit']:>7} {g['fx_miss']:>5} "
+                         f"{g['compile_seconds']:>10.1f} {g['estimated_seconds_saved']:>8.1f}")
+    return "\n".join(lines)
