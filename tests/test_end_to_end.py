@@ -33,9 +33,10 @@ def _env(planned) -> dict[str, str]:
     return {**planned.environment(), "nnUNet_extTrainer": str(CPU_TRAINERS_DIR)}
 
 
-def _train_under_run(planned, cache: Path, configuration: str, tmp_path: Path, plans: str = "nnUNetPlans") -> dict:
+def _train_under_run(planned, cache: Path, configuration: str, tmp_path: Path, plans: str = "nnUNetPlans",
+                     env: dict[str, str] | None = None) -> dict:
     summary_file = tmp_path / f"run-{configuration}.json"
-    env = {**_env(planned), "nnUNet_results": str(tmp_path / "results")}
+    env = {**(env or _env(planned)), "nnUNet_results": str(tmp_path / "results")}
     result = cli("run", "--cache-dir", str(cache), "--json", str(summary_file), "--",
                  str(BIN / "nnUNetv2_train"), "990", configuration, "0", "-tr", CPU_TRAINER, "-p", plans,
                  "-device", "cpu", env=env)
@@ -102,3 +103,14 @@ def test_cache_warmed_for_another_batch_size_misses(planned, tmp_path) -> None:
     assert status.returncode == 1 and status.stdout.startswith("cold")
     summary = _train_under_run(planned, other, "3d_fullres", tmp_path)
     assert summary["fx_miss"] > 0, summary
+    assert summary["explanation"].startswith("the cache was cold for Dataset990_WarmerDemo/nnUNetPlans/3d_fullres")
+    assert "nnunet-warmer warm -d Dataset990_WarmerDemo -c 3d_fullres" in summary["explanation"]
+
+
+def test_misses_name_the_fingerprint_part_that_differs(planned, warmed, tmp_path) -> None:
+    cache, _ = warmed
+    env = {**_env(planned), "TORCH_COMPILE_CACHE_KEY_TAG": "another-team"}
+    summary = _train_under_run(planned, cache, "2d", tmp_path, env=env)
+    assert summary["fx_miss"] > 0
+    assert "warmed for another environment: cache_key_tag:" in summary["explanation"]
+    assert "another-team (here)" in summary["explanation"]

@@ -137,6 +137,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from warmer import counters
+    from warmer.explain import explain_misses
     from warmer.runner import run_command
     from warmer.stats import estimated_seconds_saved, nnunet_target_of
 
@@ -147,9 +148,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     code, summary = run_command(command, cache)
     target = nnunet_target_of(command)
     summary["estimated_seconds_saved"] = estimated_seconds_saved(cache, target, summary["compile_seconds"])
+    summary["explanation"] = explain_misses(cache, command, target, summary)
     gpu_names = sorted({p["gpu_name"] for p in summary["per_process"] if p.get("gpu_name")})
     _record(cache, {"kind": "run", "command": command, **target, "gpu_name": ", ".join(gpu_names),
                     **{k: v for k, v in summary.items() if k not in ("per_process", "command", "cache_dir")}})
+    if summary["explanation"]:
+        _stderr(f"nnunet-warmer: {summary['explanation']}")
     _stderr(f"nnunet-warmer: {counters.describe(summary)} in {summary['processes']} process(es); "
             f"wall {summary['wall_seconds']:.1f} s; exit code {code}")
     if args.json:
