@@ -30,14 +30,13 @@ def resolve_device(requested: str) -> str:
         if not torch.cuda.is_available():
             raise UserError("--device cuda was requested but torch sees no CUDA device here: run on a GPU node "
                             "or pass --device cpu")
-        index = requested.partition(":")[2] or "0"
-        if not index.isdigit() or int(index) >= torch.cuda.device_count():
-            raise UserError(f"--device {requested}: this node has {torch.cuda.device_count()} CUDA device(s): "
-                            f"pass cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-        return f"cuda:{index}"
+        if requested not in ("cuda", "cuda:0"):
+            raise UserError(f"--device {requested}: nnU-Net trains a single-GPU run on cuda:0: pass --device cuda "
+                            f"and pick the GPU with CUDA_VISIBLE_DEVICES")
+        return "cuda:0"
     if requested == "cpu":
         return "cpu"
-    raise UserError(f"unknown --device '{requested}': use cuda, cuda:N or cpu")
+    raise UserError(f"unknown --device '{requested}': use cuda or cpu")
 
 
 def _targets(args: argparse.Namespace) -> tuple[Any, list[Any]]:
@@ -227,7 +226,7 @@ def _add_target_options(parser: argparse.ArgumentParser, cache: bool) -> None:
     parser.add_argument("-c", nargs="+", metavar="CONFIG", help="configurations (default: all in the plans)")
     parser.add_argument("-p", default="nnUNetPlans", metavar="PLANS", help="plans identifier (default nnUNetPlans)")
     parser.add_argument("-tr", default="nnUNetTrainer", metavar="TRAINER", help="trainer class (default nnUNetTrainer)")
-    parser.add_argument("--device", default="auto", help="cuda, cuda:N or cpu (default: cuda if available)")
+    parser.add_argument("--device", default="auto", help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     if cache:
         _add_cache_option(parser)
