@@ -100,6 +100,9 @@ def fingerprint_id(fingerprint: dict[str, Any]) -> str:
 
 def differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     """Human-readable parts that differ, e.g. "torch: 2.13.0 (cache) != 2.14.1 (here)"."""
+    def show(value: Any) -> str:
+        return "unset" if value in (None, "") else str(value)
+
     keys = sorted(set(expected) | set(actual))
-    return [f"{k}: {expected.get(k, 'unset')} (cache) != {actual.get(k, 'unset')} (here)"
+    return [f"{k}: {show(expected.get(k))} (cache) != {show(actual.get(k))} (here)"
             for k in keys if expected.get(k) != actual.get(k)]
