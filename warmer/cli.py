@@ -94,8 +94,6 @@ def cmd_warm(args: argparse.Namespace) -> int:
             _stderr(f"{prefix}: FAILED: {e}")
             continue
         outcomes.append(outcome)
-        if outcome.state != "no-compile":
-            _record(cache, _warm_record(outcome))
         if not args.json:
             print(f"{target.label}: {outcome.message}")
     if not existed:
@@ -135,54 +133,15 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from warmer import counters
-    from warmer.explain import explain_misses
-    from warmer.runner import run_command
-    from warmer.stats import estimated_seconds_saved, nnunet_target_of
+    from warmer.runner import run_and_record
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UserError("no command given: nnunet-warmer run -- nnUNetv2_train DATASET CONFIG FOLD")
-    cache = CacheDir(Path(args.cache_dir))
-    code, summary = run_command(command, cache)
-    target = nnunet_target_of(command)
-    summary["estimated_seconds_saved"] = estimated_seconds_saved(cache, target, summary["compile_seconds"])
-    summary["explanation"] = explain_misses(cache, command, target, summary)
-    gpu_names = sorted({p["gpu_name"] for p in summary["per_process"] if p.get("gpu_name")})
-    _record(cache, {"kind": "run", "command": command, **target, "gpu_name": ", ".join(gpu_names),
-                    **{k: v for k, v in summary.items() if k not in ("per_process", "command", "cache_dir")}})
-    if summary["explanation"]:
-        _stderr(f"nnunet-warmer: {summary['explanation']}")
-    _stderr(f"nnunet-warmer: {counters.describe(summary)} in {summary['processes']} process(es); "
-            f"wall {summary['wall_seconds']:.1f} s; exit code {code}")
+    code, summary = run_and_record(command, CacheDir(Path(args.cache_dir)), report=_stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     return code
-
-
-def _record(cache: CacheDir, record: dict[str, Any]) -> None:
-    """Append to the ledger; a read-only cache must not fail the job, so say it and go on."""
-    from warmer import ledger
-
-    try:
-        ledger.append(cache, record)
-    except OSError as e:
-        _stderr(f"nnunet-warmer: ledger not written ({e}); the cache dir is read-only for this user")
-
-
-def _warm_record(outcome: Any) -> dict[str, Any]:
-    from warmer.counters import FIELDS
-
-    replay = outcome.cold if outcome.state == "warm" else outcome.verify
-    counters = (replay or {}).get("counters", {})
-    fingerprint = (replay or {}).get("fingerprint", {})
-    t = outcome.target
-    return {"kind": "warm", "state": outcome.state, "dataset": t.dataset_name, "configuration": t.configuration,
-            "trainer": t.trainer, "plans": t.plans_identifier, "batch_per_rank": t.batch_per_rank,
-            "device": t.device, "gpu_name": fingerprint.get("gpu_name") if fingerprint.get("gpu_name") != "none"
-            else "", **{k: counters.get(k, 0) for k in FIELDS},
-            "compile_seconds": counters.get("compile_seconds", 0.0),
-            "wall_seconds": (replay or {}).get("wall_seconds", 0.0)}
 
 
 def _parse_since(value: str) -> float:
@@ -238,7 +197,10 @@ def _add_cache_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnunet-warmer", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="nnunet-warmer",
+        description="Precompile the graphs nnU-Net v2 hands to torch.compile into a shared cache, prove from a "
+                    "fresh process that they hit, and start training warm.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("list", help="dry run: every compiled call per target, with exact shapes")
     _add_target_options(p, cache=False)

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from warmer import CPU_TRAINERS_DIR, counters
+from warmer import CPU_TRAINERS_DIR
 from warmer.cachedir import CacheDir
-from warmer.runner import run_command
+from warmer.runner import run_and_record
 from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, entry_point, plan_and_preprocess, write_raw_dataset
 
 DEMO_TRAINER = "nnUNetTrainerCPUCompile_2it"
@@ -61,13 +61,11 @@ def run_demo(workdir: Path, configurations: list[str], as_json: bool) -> int:
             log_path.parent.mkdir(exist_ok=True)
             _say(f"{target.configuration}: real nnUNetv2_train on the {label} cache (log: {log_path}) ...")
             with open(log_path, "w") as log:
-                code, summary = run_command(train_command(DEFAULT_DATASET_ID, target.configuration, device), use,
-                                            output=log)
+                code, summary = run_and_record(train_command(DEFAULT_DATASET_ID, target.configuration, device),
+                                               use, report=_say, output=log)
             if code != 0:
                 _say(f"{target.configuration}: nnUNetv2_train failed with exit code {code}, see {log_path}")
                 return 1
-            _say(f"{target.configuration}: {label}: {counters.describe(summary)}, wall "
-                 f"{summary['wall_seconds']:.1f} s")
             runs[label] = summary
         rows.append({"configuration": target.configuration, "batch": target.batch_per_rank, "device": device,
                      "cold_wall_s": runs["cold"]["wall_seconds"], "warm_wall_s": runs["warm"]["wall_seconds"],

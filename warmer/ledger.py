@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,14 @@ def append(cache: CacheDir, record: dict[str, Any]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def append_or_warn(cache: CacheDir, record: dict[str, Any], warn: Callable[[str], None]) -> None:
+    """Append, but a cache dir this user cannot write must not fail the job: say so and go on."""
+    try:
+        append(cache, record)
+    except OSError as e:
+        warn(f"nnunet-warmer: ledger not written ({e}); the cache dir is read-only for this user")
 
 
 def records(cache: CacheDir, since: float = 0.0) -> Iterator[dict[str, Any]]:

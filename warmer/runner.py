@@ -11,6 +11,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,4 +55,26 @@ def run_command(command: list[str], cache: CacheDir, extra_env: dict[str, str] |
     summary = counters.merge(per_process)
     summary.update(exit_code=code, wall_seconds=round(wall, 3), command=command, cache_dir=str(cache.root),
                    per_process=per_process)
+    return code, summary
+
+
+def run_and_record(command: list[str], cache: CacheDir, report: Callable[[str], None],
+                   output: IO[str] | None = None) -> tuple[int, dict[str, Any]]:
+    """`nnunet-warmer run`: run, explain misses, append to the ledger, report the one-line summary."""
+    from warmer import ledger
+    from warmer.explain import explain_misses
+    from warmer.stats import estimated_seconds_saved, nnunet_target_of
+
+    code, summary = run_command(command, cache, output=output)
+    target = nnunet_target_of(command)
+    summary["estimated_seconds_saved"] = estimated_seconds_saved(cache, target, summary["compile_seconds"])
+    summary["explanation"] = explain_misses(cache, command, target, summary)
+    gpu_names = sorted({p["gpu_name"] for p in summary["per_process"] if p.get("gpu_name")})
+    ledger.append_or_warn(cache, {"kind": "run", "command": command, **target, "gpu_name": ", ".join(gpu_names),
+                                  **{k: v for k, v in summary.items()
+                                     if k not in ("per_process", "command", "cache_dir")}}, report)
+    if summary["explanation"]:
+        report(f"nnunet-warmer: {summary['explanation']}")
+    report(f"nnunet-warmer: {counters.describe(summary)} in {summary['processes']} process(es); "
+           f"wall {summary['wall_seconds']:.1f} s; exit code {code}")
     return code, summary

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warmer import publish, verify
+from warmer import ledger, publish, verify
 from warmer.cachedir import CacheDir
+from warmer.counters import FIELDS
 from warmer.errors import WarmError
 from warmer.fingerprint import fingerprint_id, target_fingerprint
 from warmer.locking import target_lock
@@ -37,6 +38,17 @@ class WarmOutcome:
     cold: dict[str, Any] | None = None
     verify: dict[str, Any] | None = None
     manifest: str | None = None
+
+    def ledger_record(self) -> dict[str, Any]:
+        replay = (self.cold if self.state == "warm" else self.verify) or {}
+        counts = replay.get("counters", {})
+        gpu_name = replay.get("fingerprint", {}).get("gpu_name", "none")
+        t = self.target
+        return {"kind": "warm", "state": self.state, "dataset": t.dataset_name, "configuration": t.configuration,
+                "trainer": t.trainer, "plans": t.plans_identifier, "batch_per_rank": t.batch_per_rank,
+                "device": t.device, "gpu_name": "" if gpu_name == "none" else gpu_name,
+                **{k: counts.get(k, 0) for k in FIELDS}, "compile_seconds": counts.get("compile_seconds", 0.0),
+                "wall_seconds": replay.get("wall_seconds", 0.0)}
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target.to_dict(), "label": self.target.label, "state": self.state,
@@ -78,7 +90,10 @@ def warm_target(dp: DatasetPlans, target: Target, cache: CacheDir, report: Repor
     fp_id = fingerprint_id(fingerprint)
     lock_path = publish.target_folder(cache, target, cache.locks) / f"{fp_id}.lock"
     with target_lock(lock_path, wait_timeout, report):
-        return _warm_locked(target, cache, report, fingerprint, fp_id)
+        outcome = _warm_locked(target, cache, report, fingerprint, fp_id)
+    if outcome.state != "no-compile":
+        ledger.append_or_warn(cache, outcome.ledger_record(), report)
+    return outcome
 
 
 def _warm_locked(target: Target, cache: CacheDir, report: Reporter, fingerprint: dict[str, str],
