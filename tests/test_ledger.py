@@ -78,3 +78,29 @@ def test_read_only_cache_does_not_fail_the_job(tmp_path: Path) -> None:
                              sys.executable, "-c", "raise SystemExit(4)"], capture_output=True, text=True)
     assert result.returncode == 4
     assert "ledger not written" in result.stderr
+
+
+def test_metrics_file_parses_with_prometheus_parser(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from warmer.fingerprint import software_fingerprint
+    from warmer.plans import Target
+    from warmer.publish import write_manifest
+
+    cache = CacheDir(tmp_path / "cache")
+    for row in (_run_record("Dataset001_A", 10, 0, 2.5, 80.0), _run_record("Dataset001_A", 8, 2, 30.0, 52.5)):
+        ledger.append(cache, row)
+    here = software_fingerprint()
+    for configuration, torch_version in (("3d_fullres", here["torch"]), ("2d", "2.0.0")):
+        target = Target("Dataset001_A", "nnUNetPlans", configuration, "nnUNetTrainer", "cuda:0", 2)
+        write_manifest(cache, target, {**here, "torch": torch_version}, configuration, None, {"counters": {}})
+    metrics_file = tmp_path / "nnunet_warmer.prom"
+    assert main(["stats", "--cache-dir", str(cache.root), "--metrics-file", str(metrics_file)]) == 0
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(metrics_file.read_text()) for s in family.samples}
+    labels = (("configuration", "3d_fullres"), ("dataset", "Dataset001_A"), ("gpu", "NVIDIA H200"))
+    assert samples[("nnunet_warmer_fx_hits", labels)] == 18
+    assert samples[("nnunet_warmer_fx_misses", labels)] == 2
+    assert samples[("nnunet_warmer_estimated_seconds_saved", labels)] == 132.5
+    assert samples[("nnunet_warmer_targets", (("state", "warm"),))] == 1
+    assert samples[("nnunet_warmer_targets", (("state", "stale"),))] == 1

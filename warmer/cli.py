@@ -167,6 +167,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 0
     since = _parse_since(args.since) if args.since else ledger.period_start(cache)
     summary = stats.summarize(cache, since)
+    if args.metrics_file:
+        from warmer.metrics import write_metrics
+
+        write_metrics(Path(args.metrics_file), cache, summary)
     if args.json:
         _emit_json(summary)
     else:
@@ -228,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_option(p)
     p.add_argument("--since", help="only records from this date (ISO) or epoch second on (default: last --zero)")
     p.add_argument("--zero", action="store_true", help="start a new statistics period")
+    p.add_argument("--metrics-file", metavar="PATH",
+                   help="also write Prometheus text-format metrics (node_exporter textfile collector)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
     p = sub.add_parser("demo", help="synthetic dataset -> plan -> warm -> short real training, cold vs warm")

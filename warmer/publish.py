@@ -73,7 +73,10 @@ def write_manifest(cache: CacheDir, target: Target, fingerprint: dict[str, str],
 
 def read_manifests(cache: CacheDir, target: Target) -> list[dict[str, Any]]:
     """All readable manifests of a target, newest verification first; unreadable ones are skipped."""
-    folder = target_folder(cache, target)
+    return read_manifest_folder(target_folder(cache, target))
+
+
+def read_manifest_folder(folder: Path) -> list[dict[str, Any]]:
     manifests = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections import defaultdict
 from typing import Any
 
 from warmer import ledger, publish
@@ -51,11 +50,13 @@ def estimated_seconds_saved(cache: CacheDir, target: dict[str, str], compile_sec
 def summarize(cache: CacheDir, since: float) -> dict[str, Any]:
     totals: dict[str, Any] = {k: 0 for k in COUNTERS}
     totals.update(runs=0, warms=0, compile_seconds=0.0, warm_compile_seconds=0.0, estimated_seconds_saved=0.0)
-    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {k: 0 for k in (*COUNTERS, "runs", "warms")}
-                                                     | {"compile_seconds": 0.0, "estimated_seconds_saved": 0.0})
+    groups: dict[str, dict[str, Any]] = {}
     for record in ledger.records(cache, since):
-        key = f"{record.get('dataset', '?')}/{record.get('configuration', '?')}/{record.get('gpu_name') or 'cpu'}"
-        group = groups[key]
+        labels = {"dataset": str(record.get("dataset", "?")), "configuration": str(record.get("configuration", "?")),
+                  "gpu": str(record.get("gpu_name") or "cpu")}
+        key = "/".join(labels.values())
+        group = groups.setdefault(key, {**labels, **{k: 0 for k in (*COUNTERS, "runs", "warms")},
+                                        "compile_seconds": 0.0, "estimated_seconds_saved": 0.0})
         if record.get("kind") == "warm":
             totals["warms"] += 1
             group["warms"] += 1

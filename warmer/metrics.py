@@ -1,0 +1,61 @@
+"""Prometheus text-format metrics for node_exporter's textfile collector (`stats --metrics-file PATH`).
+
+Ledger sums per dataset, configuration and GPU, plus how many targets in the cache are warm or stale for
+the software on the host that writes the file (torch, Triton, CUDA, Python, nnU-Net versions).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from warmer import publish
+from warmer.cachedir import CacheDir
+from warmer.errors import UserError
+from warmer.fingerprint import software_fingerprint
+
+LEDGER_GAUGES = (
+    ("runs", "runs", "Wrapped training/predict runs recorded in the period"),
+    ("warms", "warms", "Warmed targets recorded in the period"),
+    ("fx_hits", "fx_hit", "FX-graph cache hits in runs"),
+    ("fx_misses", "fx_miss", "FX-graph cache misses in runs"),
+    ("aot_hits", "aot_hit", "AOTAutograd cache hits in runs"),
+    ("aot_misses", "aot_miss", "AOTAutograd cache misses in runs"),
+    ("compile_seconds", "compile_seconds", "Seconds runs spent in torch.compile"),
+    ("estimated_seconds_saved", "estimated_seconds_saved", "Cold compile seconds minus what runs still compiled"),
+)
+
+
+def target_states(cache: CacheDir) -> dict[str, int]:
+    """Targets whose newest manifest was verified with this host's software ("warm") or other software."""
+    here = software_fingerprint()
+    states = {"warm": 0, "stale": 0}
+    folders = {p.parent for p in cache.manifests.rglob("*.json")} if cache.manifests.is_dir() else set()
+    for folder in folders:
+        manifests = publish.read_manifest_folder(folder)
+        if not manifests:
+            continue
+        fingerprint = manifests[0]["fingerprint"]
+        states["warm" if all(fingerprint.get(k) == v for k, v in here.items()) else "stale"] += 1
+    return states
+
+
+def write_metrics(path: Path, cache: CacheDir, summary: dict[str, Any]) -> None:
+    try:
+        from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+    except ImportError:
+        raise UserError("--metrics-file needs prometheus_client: pip install prometheus_client") from None
+    registry = CollectorRegistry()
+    labels = ("dataset", "configuration", "gpu")
+    for name, key, help_text in LEDGER_GAUGES:
+        gauge = Gauge(f"nnunet_warmer_{name}", help_text, labels, registry=registry)
+        for group in summary["groups"].values():
+            gauge.labels(*(group[label] for label in labels)).set(group[key])
+    targets = Gauge("nnunet_warmer_targets", "Targets in the cache by state for this host's software", ["state"],
+                    registry=registry)
+    for state, count in target_states(cache).items():
+        targets.labels(state).set(count)
+    try:
+        write_to_textfile(str(path), registry)
+    except OSError as e:
+        raise UserError(f"cannot write metrics file {path} ({e.strerror}): pass a writable --metrics-file") from None
