@@ -24,22 +24,16 @@ from pathlib import Path
 
 import torch
 
-from warmer import CPU_TRAINERS_DIR
 from warmer.cachedir import CacheDir
 from warmer.plans import build_targets, load_plans
-from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, plan_and_preprocess, write_raw_dataset
+from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, use_demo_dataset
 from warmer.warm import run_replay
 
 TRAINER = "nnUNetTrainerCPUCompile"
 
 
 def measure(workdir: Path, configurations: list[str]) -> list[dict]:
-    paths = NnunetPaths(workdir)
-    os.environ.update(paths.environment())
-    os.environ["nnUNet_extTrainer"] = str(CPU_TRAINERS_DIR)
-    if not any(paths.preprocessed.glob(f"Dataset{DEFAULT_DATASET_ID:03d}_*/nnUNetPlans.json")):
-        write_raw_dataset(paths)
-        plan_and_preprocess(paths, DEFAULT_DATASET_ID, configurations)
+    use_demo_dataset(NnunetPaths(workdir), configurations, lambda m: print(m, file=sys.stderr))
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     dp = load_plans(str(DEFAULT_DATASET_ID))
     rows = []

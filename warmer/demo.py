@@ -7,16 +7,14 @@ validation included): once on an empty cache, once on the warmed one, side by si
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from warmer import CPU_TRAINERS_DIR
 from warmer.cachedir import CacheDir
 from warmer.runner import run_and_record
-from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, entry_point, plan_and_preprocess, write_raw_dataset
+from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, entry_point, use_demo_dataset
 
 DEMO_TRAINER = "nnUNetTrainerCPUCompile_2it"
 
@@ -39,13 +37,7 @@ def run_demo(workdir: Path, configurations: list[str], as_json: bool) -> int:
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     workdir = workdir.absolute()
     paths = NnunetPaths(workdir)
-    os.environ.update(paths.environment())
-    os.environ["nnUNet_extTrainer"] = str(CPU_TRAINERS_DIR)
-    dataset_folder = paths.preprocessed
-    if not any(dataset_folder.glob(f"Dataset{DEFAULT_DATASET_ID:03d}_*/nnUNetPlans.json")):
-        _say(f"writing a synthetic dataset to {paths.raw} and planning it with nnUNetv2_plan_and_preprocess")
-        write_raw_dataset(paths)
-        plan_and_preprocess(paths, DEFAULT_DATASET_ID, configurations)
+    use_demo_dataset(paths, configurations, _say)
     dp = load_plans(str(DEFAULT_DATASET_ID))
     cache, cold_cache = CacheDir(workdir / "cache"), CacheDir(workdir / "cold-cache")
     rows: list[dict[str, Any]] = []

@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from warmer import CPU_TRAINERS_DIR
 
 DEFAULT_DATASET_ID = 990
 DEFAULT_NAME = "WarmerDemo"
@@ -80,6 +83,16 @@ def plan_and_preprocess(paths: NnunetPaths, dataset_id: int, configurations: lis
                "-np", "1", *(extra_args or [])]
     subprocess.run(command, env={**os.environ, **paths.environment()}, check=True,
                    stdout=sys.stderr, stderr=sys.stderr)
+
+
+def use_demo_dataset(paths: NnunetPaths, configurations: list[str], say: Callable[[str], None]) -> None:
+    """Point this process's nnU-Net variables (and the CPU trainers) at `paths`; plan the demo dataset once."""
+    os.environ.update(paths.environment())
+    os.environ["nnUNet_extTrainer"] = str(CPU_TRAINERS_DIR)
+    if not any(paths.preprocessed.glob(f"Dataset{DEFAULT_DATASET_ID:03d}_*/nnUNetPlans.json")):
+        say(f"writing a synthetic dataset to {paths.raw} and planning it with nnUNetv2_plan_and_preprocess")
+        write_raw_dataset(paths)
+        plan_and_preprocess(paths, DEFAULT_DATASET_ID, configurations)
 
 
 def entry_point(name: str) -> str:
