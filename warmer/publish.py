@@ -88,3 +88,10 @@ def read_manifest_folder(folder: Path) -> list[dict[str, Any]]:
             manifests.append(data)
     manifests.sort(key=lambda m: str(m.get("verified_at", "")), reverse=True)
     return manifests
+
+
+def matching_manifest(manifests: list[dict[str, Any]], fingerprint: dict[str, str],
+                      fingerprint_id: str) -> dict[str, Any] | None:
+    """The manifest verified under exactly this fingerprint, if any."""
+    return next((m for m in manifests if m.get("fingerprint_id") == fingerprint_id
+                 and m.get("fingerprint") == fingerprint), None)

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import warmer
-from warmer import counters
+from warmer import counters, ledger
 from warmer.cachedir import CacheDir
 from warmer.errors import UserError
+from warmer.explain import explain_misses
+from warmer.stats import estimated_seconds_saved, nnunet_target_of
 
 PROBE_DIR = Path(__file__).parent / "probe"
 
@@ -61,14 +63,10 @@ def run_command(command: list[str], cache: CacheDir, extra_env: dict[str, str] |
 def run_and_record(command: list[str], cache: CacheDir, report: Callable[[str], None],
                    output: IO[str] | None = None) -> tuple[int, dict[str, Any]]:
     """`nnunet-warmer run`: run, explain misses, append to the ledger, report the one-line summary."""
-    from warmer import ledger
-    from warmer.explain import explain_misses
-    from warmer.stats import estimated_seconds_saved, nnunet_target_of
-
     code, summary = run_command(command, cache, output=output)
     target = nnunet_target_of(command)
     summary["estimated_seconds_saved"] = estimated_seconds_saved(cache, target, summary["compile_seconds"])
-    summary["explanation"] = explain_misses(cache, command, target, summary)
+    summary["explanation"] = explain_misses(cache, target, summary)
     gpu_names = sorted({p["gpu_name"] for p in summary["per_process"] if p.get("gpu_name")})
     ledger.append_or_warn(cache, {"kind": "run", "command": command, **target, "gpu_name": ", ".join(gpu_names),
                                   **{k: v for k, v in summary.items()

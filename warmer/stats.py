@@ -15,11 +15,12 @@ COUNTERS = ("fx_hit", "fx_miss", "aot_hit", "aot_miss")
 
 
 def nnunet_target_of(command: list[str]) -> dict[str, str]:
-    """Dataset, configuration, trainer and plans of an `nnUNetv2_train` / `nnUNetv2_predict` command line."""
+    """Dataset, configuration, trainer, plans and device of an `nnUNetv2_train` / `nnUNetv2_predict` command."""
     program = command[0].rsplit("/", 1)[-1] if command else ""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("-tr", default="nnUNetTrainer")
     parser.add_argument("-p", default="nnUNetPlans")
+    parser.add_argument("-device", default="cuda")
     if program == "nnUNetv2_train":
         parser.add_argument("dataset")
         parser.add_argument("configuration")
@@ -32,7 +33,8 @@ def nnunet_target_of(command: list[str]) -> dict[str, str]:
     dataset = str(known.dataset)
     with contextlib.suppress(UserError):
         dataset = resolve_dataset_name(dataset)
-    return {"dataset": dataset, "configuration": str(known.configuration), "trainer": known.tr, "plans": known.p}
+    return {"dataset": dataset, "configuration": str(known.configuration), "trainer": known.tr, "plans": known.p,
+            "device": "cuda:0" if known.device == "cuda" else known.device}
 
 
 def estimated_seconds_saved(cache: CacheDir, target: dict[str, str], compile_seconds: float) -> float:

@@ -20,8 +20,7 @@ def target_status(dp: DatasetPlans, target: Target, cache: CacheDir) -> dict[str
     fp_id = fingerprint_id(fingerprint)
     manifests = publish.read_manifests(cache, target)
     record: dict[str, Any] = {"target": target.to_dict(), "label": target.label, "fingerprint_id": fp_id}
-    match = next((m for m in manifests if m.get("fingerprint_id") == fp_id
-                  and m.get("fingerprint") == fingerprint), None)
+    match = publish.matching_manifest(manifests, fingerprint, fp_id)
     if match is not None:
         record.update(state="warm", manifest=match["_path"], verified_at=match.get("verified_at"),
                       differences=[])

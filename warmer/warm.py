@@ -98,8 +98,7 @@ def warm_target(dp: DatasetPlans, target: Target, cache: CacheDir, report: Repor
 
 def _warm_locked(target: Target, cache: CacheDir, report: Reporter, fingerprint: dict[str, str],
                  fp_id: str) -> WarmOutcome:
-    existing = next((m for m in publish.read_manifests(cache, target) if m.get("fingerprint_id") == fp_id
-                     and m.get("fingerprint") == fingerprint), None)
+    existing = publish.matching_manifest(publish.read_manifests(cache, target), fingerprint, fp_id)
     if existing is not None:
         check = run_replay(target, cache, "re-verify", report)
         if not verify.problems(check["counters"]):
