@@ -10,7 +10,6 @@ The warmer and every training job must see the same environment, so both take it
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +49,6 @@ class CacheDir:
             "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
             "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
         }
-
-    def shell_exports(self) -> str:
-        return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.torch_environment().items())
 
     def remove_if_empty(self) -> None:
         """Undo a new cache dir when nothing was compiled: only empty folders (torch makes them on import)

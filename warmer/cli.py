@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import warnings
 from datetime import datetime
@@ -119,16 +120,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    cache = CacheDir(Path(args.cache_dir))
-    exports = cache.shell_exports()
+    variables = CacheDir(Path(args.cache_dir)).torch_environment()
     if args.cpu_trainers:
         folders = [str(CPU_TRAINERS_DIR)] + [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-        exports += f"export nnUNet_extTrainer={os.pathsep.join(dict.fromkeys(folders))}\n"
+        variables["nnUNet_extTrainer"] = os.pathsep.join(dict.fromkeys(folders))
     if args.json:
-        _emit_json({line.split("=", 1)[0][len("export "):]: line.split("=", 1)[1]
-                    for line in exports.splitlines()})
+        _emit_json(variables)
     else:
-        print(exports, end="")
+        print("".join(f"export {k}={shlex.quote(v)}\n" for k, v in variables.items()), end="")
     return 0
 
 

@@ -18,8 +18,9 @@ from typing import Any
 from filelock import FileLock
 
 from warmer.cachedir import CacheDir
+from warmer.publish import atomic_write_json
 
-ZERO_MARKER = "period-start"
+ZERO_MARKER = "period-start.json"
 
 
 def ledger_dir(cache: CacheDir) -> Path:
@@ -70,15 +71,12 @@ def records(cache: CacheDir, since: float = 0.0) -> Iterator[dict[str, Any]]:
 def period_start(cache: CacheDir) -> float:
     """When `stats --zero` last started a new period (0 if never)."""
     try:
-        return float((ledger_dir(cache) / ZERO_MARKER).read_text())
-    except (OSError, ValueError):
+        return float(json.loads((ledger_dir(cache) / ZERO_MARKER).read_text())["since"])
+    except (OSError, ValueError, KeyError, TypeError):
         return 0.0
 
 
 def start_new_period(cache: CacheDir) -> float:
     now = time.time()
-    ledger_dir(cache).mkdir(parents=True, exist_ok=True)
-    tmp = ledger_dir(cache) / f".{ZERO_MARKER}.{socket.gethostname()}.{os.getpid()}"
-    tmp.write_text(repr(now))
-    os.replace(tmp, ledger_dir(cache) / ZERO_MARKER)
+    atomic_write_json(ledger_dir(cache) / ZERO_MARKER, {"since": now})
     return now

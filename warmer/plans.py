@@ -7,6 +7,7 @@ The listing is derived from the plans alone (no network is built), so it is chea
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import io
@@ -188,8 +189,11 @@ def resolve_configurations(dp: DatasetPlans, requested: list[str] | None) -> lis
     return list(dict.fromkeys(requested))
 
 
+@functools.cache
 def find_trainer_class(trainer: str) -> type:
-    """nnU-Net's own trainer lookup (its package, then `nnUNet_extTrainer`), without its chatter."""
+    """nnU-Net's own trainer lookup (its package, then `nnUNet_extTrainer`), without its chatter.
+
+    Cached: the lookup imports every trainer module, and each target's fingerprint asks for it again."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     try:
