@@ -17,6 +17,8 @@ from pathlib import Path
 from warmer.errors import UserError
 
 CACHE_DIR_ENV = "NNUNET_WARMER_CACHE_DIR"
+CACHE_DIR_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
+CACHE_SWITCHES = {"TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
 
 
 def default_cache_dir() -> Path:
@@ -44,11 +46,7 @@ class CacheDir:
 
     def torch_environment(self) -> dict[str, str]:
         """Variables a process needs to read and write this cache exactly as the warmer did."""
-        return {
-            "TORCHINDUCTOR_CACHE_DIR": str(self.inductor.absolute()),
-            "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
-            "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
-        }
+        return {CACHE_DIR_VARIABLE: str(self.inductor.absolute()), **CACHE_SWITCHES}
 
     def remove_if_empty(self) -> None:
         """Undo a new cache dir when nothing was compiled: only empty folders (torch makes them on import)

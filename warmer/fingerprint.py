@@ -12,9 +12,9 @@ import os
 import platform
 import sys
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
+from warmer.cachedir import CACHE_DIR_VARIABLE, CACHE_SWITCHES
 from warmer.plans import DatasetPlans, Target, find_trainer_class, plans_hash, trainer_source_hash
 
 COMPILE_ENV_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_DYNAMO_", "TORCH_COMPILE_")
@@ -52,9 +52,7 @@ def compile_environment() -> str:
 
     The cache location and the cache switches that `nnunet-warmer env` sets itself are left out.
     """
-    from warmer.cachedir import CacheDir
-
-    ours = set(CacheDir(Path(".")).torch_environment()) | {"TORCH_COMPILE_CACHE_KEY_TAG"}
+    ours = {CACHE_DIR_VARIABLE, *CACHE_SWITCHES, "TORCH_COMPILE_CACHE_KEY_TAG"}
     relevant = {k: v for k, v in os.environ.items()
                 if k.startswith(COMPILE_ENV_PREFIXES) and k not in ours}
     return json.dumps(relevant, sort_keys=True) if relevant else ""

@@ -14,6 +14,7 @@ Progress lines go to stderr with PROGRESS_PREFIX; everything nnU-Net prints goes
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -59,14 +60,11 @@ def _synthetic_batch(trainer: Any) -> dict[str, Any]:
     labels = [int(v) for v in lm.all_labels] + ([int(lm.ignore_label)] if lm.has_ignore_label else [])
     label_values = torch.tensor(labels, dtype=torch.int16)
     seg_channels = 2 if trainer.is_cascaded else 1
-    numel = 1
-    for p in patch:
-        numel *= p
     samples = []
     for sample in range(trainer.batch_size):
         generator = torch.Generator().manual_seed(sample)
         image = torch.randn((raw_channels, *patch), generator=generator, dtype=torch.float32)
-        index = torch.randint(0, len(labels), (seg_channels, numel), generator=generator)
+        index = torch.randint(0, len(labels), (seg_channels, math.prod(patch)), generator=generator)
         seg = label_values[index].reshape(seg_channels, *patch)
         samples.append(transforms(image=image, segmentation=seg))
     data = torch.stack([s["image"] for s in samples]).float()
