@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,3 +55,36 @@ def test_run_keeps_exit_code_and_counts_spawned_children(tmp_path: Path) -> None
     second = cli("run", "--cache-dir", str(cache), "--json", str(summary_file), "--", sys.executable, str(script))
     assert second.returncode == 3
     assert json.loads(summary_file.read_text())["fx_miss"] == 0
+
+
+SHAPES_SCRIPT = """
+import json, sys
+import torch
+import torch._dynamo.config as config
+
+f = torch.compile(lambda x: (x * 2).sum())
+for n in (4, 6, 8):
+    f(torch.ones(n))
+print(json.dumps({"recompile_limit": config.recompile_limit, "automatic": config.automatic_dynamic_shapes}))
+"""
+
+
+def test_static_profile_reaches_the_training_process(tmp_path: Path) -> None:
+    """`env --shapes static` exports, and `run --shapes static` installs, dynamo settings in the job's process:
+    the recompile limit has no variable, the hook sets it after the job imports torch."""
+    script = tmp_path / "job.py"
+    script.write_text(SHAPES_SCRIPT)
+    exported = json.loads(cli("env", "--shapes", "static", "--cache-dir", str(tmp_path), "--json").stdout)
+    plain = subprocess.run([sys.executable, str(script)], env={**os.environ, **exported}, capture_output=True,
+                           text=True, check=True)
+    assert json.loads(plain.stdout.splitlines()[-1]) == {"recompile_limit": 64, "automatic": False}
+
+    summaries = {}
+    for profile in ("default", "static"):
+        summary_file = tmp_path / f"{profile}.json"
+        result = cli("run", "--shapes", profile, "--cache-dir", str(tmp_path / profile), "--json",
+                     str(summary_file), "--", sys.executable, str(script))
+        assert result.returncode == 0, result.stderr[-2000:]
+        summaries[profile] = json.loads(summary_file.read_text())
+    assert summaries["default"]["symbols"] > 0 and summaries["default"]["fx_miss"] == 2  # static, then symbolic
+    assert summaries["static"]["symbols"] == 0 and summaries["static"]["fx_miss"] == 3  # one graph per shape

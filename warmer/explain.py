@@ -14,6 +14,7 @@ from typing import Any
 from warmer.cachedir import CacheDir
 from warmer.errors import UserError
 from warmer.plans import build_targets, load_plans
+from warmer.profiles import active_profile
 from warmer.status import target_status
 
 
@@ -26,13 +27,15 @@ def explain_misses(cache: CacheDir, target: dict[str, str], summary: dict[str, A
         return f"{misses} cache misses; not an nnU-Net train/predict command, so there is no manifest to compare"
     try:
         dp = load_plans(target["dataset"], target["plans"])
-        (resolved,) = build_targets(dp, [target["configuration"]], target["trainer"], target["device"])
+        (resolved,) = build_targets(dp, [target["configuration"]], target["trainer"], [target["device"]])
         status = target_status(dp, resolved, cache)
     except UserError as e:
         return f"{misses} cache misses; cannot compare with a manifest: {e}"
+    profile = active_profile()
     warm_command = shlex.join(["nnunet-warmer", "warm", "-d", resolved.dataset_name, "-c", resolved.configuration,
                                "-tr", resolved.trainer, "-p", resolved.plans_identifier, "--device",
-                               resolved.device, "--cache-dir", str(cache.root)])
+                               resolved.device, *(["--shapes", profile] if profile != "default" else []),
+                               "--cache-dir", str(cache.root)])
     if status["state"] == "cold":
         return f"the cache was cold for {resolved.label} ({misses} misses): warm it with: {warm_command}"
     if status["state"] == "warm":

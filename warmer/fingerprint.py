@@ -16,6 +16,7 @@ from typing import Any
 
 from warmer.cachedir import CACHE_DIR_VARIABLE, CACHE_SWITCHES
 from warmer.plans import DatasetPlans, Target, find_trainer_class, plans_hash, trainer_source_hash
+from warmer.profiles import RECOMPILE_LIMIT_VARIABLE
 
 COMPILE_ENV_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_DYNAMO_", "TORCH_COMPILE_")
 
@@ -71,6 +72,7 @@ def software_fingerprint() -> dict[str, str]:
         "nnunetv2": _version("nnunetv2"),
         "dynamic_network_architectures": _version("dynamic_network_architectures"),
         "automatic_dynamic_shapes": str(bool(dynamo_config.automatic_dynamic_shapes)),
+        "recompile_limit": os.environ.get(RECOMPILE_LIMIT_VARIABLE, "default"),
         "cache_key_tag": os.environ.get("TORCH_COMPILE_CACHE_KEY_TAG", ""),
         "compile_env": compile_environment(),
         "platform": sys.platform,

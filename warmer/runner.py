@@ -1,6 +1,6 @@
 """Stage 5: run any command (nnUNetv2_train, nnUNetv2_predict) on the cache and report what torch compiled.
 
-The command gets the cache environment plus a probe on PYTHONPATH; each of its Python processes leaves a
+The command gets the cache environment plus the hooks on PYTHONPATH; each of its Python processes leaves a
 counters record, and the summary adds them up. The command's exit code is returned unchanged.
 """
 
@@ -20,15 +20,14 @@ from warmer import counters, ledger
 from warmer.cachedir import CacheDir
 from warmer.errors import UserError
 from warmer.explain import explain_misses
+from warmer.profiles import hooks_pythonpath
 from warmer.stats import estimated_seconds_saved, nnunet_target_of
-
-PROBE_DIR = Path(__file__).parent / "probe"
 
 
 def probe_environment(records_dir: Path) -> dict[str, str]:
-    python_path = os.pathsep.join(p for p in (str(PROBE_DIR), os.environ.get("PYTHONPATH", "")) if p)
     return {
-        "PYTHONPATH": python_path,
+        "PYTHONPATH": hooks_pythonpath(),
+        "NNUNET_WARMER_QUIET": "1",
         "NNUNET_WARMER_PROBE_DIR": str(records_dir),
         "NNUNET_WARMER_PACKAGE_PARENT": str(Path(warmer.__file__).parent.parent),
     }

@@ -38,4 +38,6 @@ def describe(record: dict[str, Any]) -> str:
            f"{record['target']['device']}"
     if record["state"] == "stale":
         line += "  (" + "; ".join(record["differences"]) + ")"
+        if any(d.startswith("automatic_dynamic_shapes:") for d in record["differences"]):
+            line += "  [warmed under the other --shapes profile: warm and train with the same one]"
     return line
