@@ -1,7 +1,8 @@
-"""Shared fixtures: one synthetic dataset planned by nnU-Net's real planner for the whole session."""
+"""Shared fixtures: synthetic datasets planned by nnU-Net's real planner, once per session."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,13 @@ from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, plan_and_preproces
 
 CPU_TRAINER = "nnUNetTrainerCPUCompile_2it"
 BIN = Path(sys.executable).parent
+TEST_TRAINERS_DIR = Path(__file__).parent / "trainers"
+
+
+def pytest_report_header() -> str:
+    from importlib import metadata
+
+    return f"nnunetv2 {metadata.version('nnunetv2')} from {Path(__import__('nnunetv2').__file__).parent}"
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +45,31 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1800) ->
     """Run `nnunet-warmer` as a user would, in a fresh process."""
     return subprocess.run([str(BIN / "nnunet-warmer"), *args], env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
+
+
+def write_old_format_plans(paths: NnunetPaths) -> str:
+    """Dataset990's plans rewritten in nnU-Net's old format (`UNet_class_name`, `pool_op_kernel_sizes`, ...), which
+    nnU-Net converts on load; returns the plans identifier."""
+    folder = paths.preprocessed / f"Dataset{DEFAULT_DATASET_ID:03d}_WarmerDemo"
+    plans = json.loads((folder / "nnUNetPlans.json").read_text())
+    plans["plans_name"] = "nnUNetPlansOld"
+    plans["configurations"] = {name: _old_format(c) for name, c in plans["configurations"].items()}
+    (folder / "nnUNetPlansOld.json").write_text(json.dumps(plans))
+    return "nnUNetPlansOld"
+
+
+def _old_format(configuration: dict) -> dict:
+    arch = configuration["architecture"]["arch_kwargs"]
+    old = {k: v for k, v in configuration.items() if k != "architecture"}
+    old.update({
+        "UNet_class_name": "PlainConvUNet",
+        "UNet_base_num_features": arch["features_per_stage"][0],
+        "unet_max_num_features": arch["features_per_stage"][-1],
+        "n_conv_per_stage_encoder": arch["n_conv_per_stage"],
+        "n_conv_per_stage_decoder": arch["n_conv_per_stage_decoder"],
+        "conv_kernel_sizes": arch["kernel_sizes"],
+        "pool_op_kernel_sizes": arch["strides"],
+        "num_pool_per_axis": [sum(1 for stride in arch["strides"] if stride[axis] > 1)
+                              for axis in range(len(arch["strides"][0]))],
+    })
+    return old

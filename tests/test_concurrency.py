@@ -46,7 +46,7 @@ def test_concurrent_warmers_compile_once(nnunet_env, tmp_path: Path) -> None:
 def test_lock_wait_timeout_is_a_one_line_error(nnunet_env, tmp_path: Path) -> None:
     cache = CacheDir(tmp_path / "cache")
     dp = load_plans("990")
-    (target,) = build_targets(dp, ["3d_fullres"], CPU_TRAINER, "cpu")
+    (target,) = build_targets(dp, ["3d_fullres"], CPU_TRAINER, ["cpu"])
     lock_path = target_folder(cache, target, cache.locks) / f"{fingerprint_id(target_fingerprint(dp, target))}.lock"
     lock_path.parent.mkdir(parents=True)
     env = {**os.environ, "nnUNet_extTrainer": str(CPU_TRAINERS_DIR)}

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from warmer.cli import main
+from warmer.compat import check_nnunet_version
+from warmer.errors import UserError
 
 from .conftest import CPU_TRAINER, cli
 
@@ -95,3 +97,14 @@ def test_trainer_that_does_not_compile_here_writes_nothing(nnunet_env, tmp_path:
     assert "does not use torch.compile on cpu" in result.stdout
     assert len(result.stdout.strip().splitlines()) == 1
     assert not cache.exists()
+
+
+@pytest.mark.parametrize("version", ["2.5.2", "2.9.0", "3.0", "main"])
+def test_unsupported_nnunet_versions_are_refused(version: str) -> None:
+    with pytest.raises(UserError, match="pip install 'nnunetv2>=2.6,<2.9'"):
+        check_nnunet_version(version)
+
+
+@pytest.mark.parametrize("version", ["2.6.0", "2.6.4", "2.7.0", "2.8.1"])
+def test_supported_nnunet_versions_pass(version: str) -> None:
+    assert check_nnunet_version(version) == version

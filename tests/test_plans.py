@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from warmer.cli import main
 from warmer.plans import build_targets, load_plans, plan_calls
 
-from .conftest import CPU_TRAINER
+from .conftest import CPU_TRAINER, write_old_format_plans
 
 
 def _listed(capsys: pytest.CaptureFixture, *args: str) -> dict:
@@ -34,8 +35,13 @@ def test_listed_shapes_match_nnunet_network(nnunet_env, capsys, configuration: s
 
     dp = load_plans("990")
     cm = dp.configuration(configuration)
-    network = nnUNetTrainer.build_network_architecture(
-        dp.manager, cm, dp.num_input_channels(configuration), dp.label_manager().num_segmentation_heads, True)
+    channels, heads = dp.num_input_channels(configuration), dp.label_manager().num_segmentation_heads
+    if "plans_manager" in inspect.signature(nnUNetTrainer.build_network_architecture).parameters:
+        network = nnUNetTrainer.build_network_architecture(dp.manager, cm, channels, heads, True)
+    else:  # nnunetv2 < 2.7
+        network = nnUNetTrainer.build_network_architecture(
+            cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
+            channels, heads, True)
     with torch.no_grad():
         outputs = network(torch.zeros(train["inputs"][0]["shape"]))
         assert _shapes(train["outputs"]) == [tuple(o.shape) for o in outputs]
@@ -50,29 +56,8 @@ def test_listed_shapes_match_nnunet_network(nnunet_env, capsys, configuration: s
     assert final["calls_per_step"] == 2 ** len(cm.patch_size)
 
 
-def _old_format(configuration: dict) -> dict:
-    arch = configuration["architecture"]["arch_kwargs"]
-    old = {k: v for k, v in configuration.items() if k != "architecture"}
-    old.update({
-        "UNet_class_name": "PlainConvUNet",
-        "UNet_base_num_features": arch["features_per_stage"][0],
-        "unet_max_num_features": arch["features_per_stage"][-1],
-        "n_conv_per_stage_encoder": arch["n_conv_per_stage"],
-        "n_conv_per_stage_decoder": arch["n_conv_per_stage_decoder"],
-        "conv_kernel_sizes": arch["kernel_sizes"],
-        "pool_op_kernel_sizes": arch["strides"],
-        "num_pool_per_axis": [sum(1 for stride in arch["strides"] if stride[axis] > 1)
-                              for axis in range(len(arch["strides"][0]))],
-    })
-    return old
-
-
 def test_old_format_plans_list_the_same_calls(nnunet_env, capsys) -> None:
-    dp = load_plans("990")
-    plans = json.loads(dp.plans_file.read_text())
-    plans["plans_name"] = "nnUNetPlansOld"
-    plans["configurations"] = {k: _old_format(v) for k, v in plans["configurations"].items()}
-    (dp.plans_file.parent / "nnUNetPlansOld.json").write_text(json.dumps(plans))
+    write_old_format_plans(nnunet_env)
     new = _listed(capsys, "-d", "990")
     old = _listed(capsys, "-d", "990", "-p", "nnUNetPlansOld")
     assert [t["calls"] for t in old["targets"]] == [t["calls"] for t in new["targets"]]
@@ -85,7 +70,7 @@ def test_inherits_from_resolves_parent_and_overrides(nnunet_env) -> None:
     plans["configurations"]["3d_small_batch"] = {"inherits_from": "3d_fullres", "batch_size": 1}
     (dp.plans_file.parent / "nnUNetPlansInherit.json").write_text(json.dumps(plans))
     child_plans = load_plans("990", "nnUNetPlansInherit")
-    parent, child = build_targets(child_plans, ["3d_fullres", "3d_small_batch"], CPU_TRAINER, "cpu")
+    parent, child = build_targets(child_plans, ["3d_fullres", "3d_small_batch"], CPU_TRAINER, ["cpu"])
     assert child.batch_per_rank == 1
     parent_calls, child_calls = plan_calls(child_plans, parent), plan_calls(child_plans, child)
     assert [c.inputs[0].shape[1:] for c in child_calls] == [c.inputs[0].shape[1:] for c in parent_calls]
@@ -94,6 +79,6 @@ def test_inherits_from_resolves_parent_and_overrides(nnunet_env) -> None:
 
 def test_cuda_listing_shows_autocast_dtypes(nnunet_env) -> None:
     dp = load_plans("990")
-    (target,) = build_targets(dp, ["3d_fullres"], CPU_TRAINER, "cuda:0")
+    (target,) = build_targets(dp, ["3d_fullres"], CPU_TRAINER, ["cuda:0"])
     train_net = plan_calls(dp, target)[0]
     assert "autocast" in train_net.mode and train_net.outputs[0].dtype == "float16"

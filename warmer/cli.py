@@ -14,7 +14,9 @@ from typing import Any
 
 from warmer import CPU_TRAINERS_DIR
 from warmer.cachedir import CacheDir, default_cache_dir
+from warmer.compat import check_nnunet_version
 from warmer.errors import UserError, WarmError
+from warmer.profiles import PROFILES, profile_environment
 from warmer.warm import DEFAULT_WAIT_TIMEOUT
 
 
@@ -40,13 +42,28 @@ def resolve_device(requested: str) -> str:
     raise UserError(f"unknown --device '{requested}': use cuda or cpu")
 
 
-def _targets(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+def ddp_devices(num_gpus: int, dry_run: bool) -> list[str]:
+    """nnU-Net's DDP puts rank r on cuda:r (CUDA only); a dry run may list them on any machine."""
+    if num_gpus < 1:
+        raise UserError(f"--num-gpus {num_gpus}: pass 1 or more")
+    if num_gpus == 1:
+        return []
+    if not dry_run:
+        raise UserError(f"--num-gpus {num_gpus}: warming DDP ranks is not supported yet (each rank needs its own "
+                        f"device in one process group); use `list --num-gpus {num_gpus}` to see the per-rank "
+                        f"shapes, or warm single-GPU training")
+    return [f"cuda:{rank}" for rank in range(num_gpus)]
+
+
+def _targets(args: argparse.Namespace, dry_run: bool = False) -> tuple[Any, list[Any]]:
     from warmer.plans import build_targets, find_trainer_class, load_plans, resolve_configurations
 
+    check_nnunet_version()
     dp = load_plans(args.d, args.p)
     configurations = resolve_configurations(dp, args.c)
     find_trainer_class(args.tr)
-    return dp, build_targets(dp, configurations, args.tr, resolve_device(args.device))
+    devices = ddp_devices(args.num_gpus, dry_run) or [resolve_device(args.device)]
+    return dp, build_targets(dp, configurations, args.tr, devices)
 
 
 def _emit_json(data: Any) -> None:
@@ -54,11 +71,11 @@ def _emit_json(data: Any) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from warmer.plans import plan_calls
+    from warmer.plans import plan_calls, variant_paths
 
-    dp, targets = _targets(args)
-    listing = [{"target": t.to_dict(), "label": t.label, "calls": [c.to_dict() for c in plan_calls(dp, t)]}
-               for t in targets]
+    dp, targets = _targets(args, dry_run=True)
+    listing = [{"target": t.to_dict(), "label": t.label, "variant_paths": variant_paths(dp, t),
+                "calls": [c.to_dict() for c in plan_calls(dp, t)]} for t in targets]
     if args.json:
         _emit_json({"plans_file": str(dp.plans_file), "targets": listing})
         return 0
@@ -66,6 +83,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         cm = dp.configuration(target.configuration)
         print(f"{target.label}  batch {target.batch_per_rank} per rank on {target.device}, patch "
               f"{'x'.join(str(p) for p in cm.patch_size)}, {len(cm.pool_op_kernel_sizes)} stages")
+        print(f"  paths: {'; '.join(variant_paths(dp, target))}")
         for call in plan_calls(dp, target):
             inputs = ", ".join(str(t) for t in call.inputs)
             outputs = ", ".join(str(t) for t in call.outputs)
@@ -120,7 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    variables = CacheDir(Path(args.cache_dir)).torch_environment()
+    variables = {**CacheDir(Path(args.cache_dir)).torch_environment(), **profile_environment(args.shapes)}
     if args.cpu_trainers:
         folders = [str(CPU_TRAINERS_DIR)] + [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
         variables["nnUNet_extTrainer"] = os.pathsep.join(dict.fromkeys(folders))
@@ -180,6 +198,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from warmer.demo import run_demo
 
+    check_nnunet_version()
     return run_demo(Path(args.workdir), args.c, args.json)
 
 
@@ -189,9 +208,18 @@ def _add_target_options(parser: argparse.ArgumentParser, cache: bool) -> None:
     parser.add_argument("-p", default="nnUNetPlans", metavar="PLANS", help="plans identifier (default nnUNetPlans)")
     parser.add_argument("-tr", default="nnUNetTrainer", metavar="TRAINER", help="trainer class (default nnUNetTrainer)")
     parser.add_argument("--device", default="auto", help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--num-gpus", type=int, default=1, metavar="N",
+                        help="DDP over N GPUs, as nnUNetv2_train --num-gpus: one target per rank")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_shapes_option(parser)
     if cache:
         _add_cache_option(parser)
+
+
+def _add_shapes_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shapes", choices=PROFILES, default="default",
+                        help="default: what plain nnU-Net compiles (automatic dynamic shapes); static: fixed-shape "
+                             "graphs only, no symbolic shapes. Warm and train with the same choice.")
 
 
 def _add_cache_option(parser: argparse.ArgumentParser) -> None:
@@ -218,12 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("env", help="shell exports that point a training job at the cache")
     _add_cache_option(p)
+    _add_shapes_option(p)
     p.add_argument("--cpu-trainers", action="store_true",
                    help="also export nnUNet_extTrainer with the shipped CPU-compiling trainers")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_env)
     p = sub.add_parser("run", help="run a command on the cache and report what torch compiled")
     _add_cache_option(p)
+    _add_shapes_option(p)
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     p.set_defaults(func=cmd_run)
@@ -245,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.update(profile_environment(getattr(args, "shapes", "default")))
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
     try:
         return int(args.func(args))

@@ -41,7 +41,7 @@ def run_demo(workdir: Path, configurations: list[str], as_json: bool) -> int:
     dp = load_plans(str(DEFAULT_DATASET_ID))
     cache, cold_cache = CacheDir(workdir / "cache"), CacheDir(workdir / "cold-cache")
     rows: list[dict[str, Any]] = []
-    for target in build_targets(dp, configurations, DEMO_TRAINER, device):
+    for target in build_targets(dp, configurations, DEMO_TRAINER, [device]):
         _say(f"{target.configuration}: warming the cache at {cache.root}")
         outcome = warm_target(dp, target, cache, lambda m, c=target.configuration: _say(f"{c}: {m}"))
         _say(f"{target.configuration}: {outcome.message}")

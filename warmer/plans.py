@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from warmer.errors import UserError
+from warmer.profiles import active_profile
 
 
 @dataclass(frozen=True)
 class Target:
-    """One thing to warm: a configuration trained by one trainer with one per-rank batch on one device."""
+    """One thing to warm: a configuration trained by one trainer with one per-rank batch on one device.
+
+    With DDP (`world_size` > 1) every rank is its own target: its batch share and its device are in the keys."""
 
     dataset_name: str
     plans_identifier: str
@@ -30,10 +33,13 @@ class Target:
     trainer: str
     device: str
     batch_per_rank: int
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def label(self) -> str:
-        return f"{self.dataset_name}/{self.plans_identifier}/{self.configuration}/{self.trainer}"
+        rank = f" rank {self.rank}/{self.world_size}" if self.world_size > 1 else ""
+        return f"{self.dataset_name}/{self.plans_identifier}/{self.configuration}/{self.trainer}{rank}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,16 +197,32 @@ def resolve_configurations(dp: DatasetPlans, requested: list[str] | None) -> lis
 
 @functools.cache
 def find_trainer_class(trainer: str) -> type:
-    """nnU-Net's own trainer lookup (its package, then `nnUNet_extTrainer`), without its chatter.
+    """nnU-Net's own trainer lookup, without its chatter: its package, then `nnUNet_extTrainer` (nnunetv2 2.7 on;
+    2.6 looks in its own package only).
 
     Cached: the lookup imports every trainer module, and each target's fingerprint asks for it again."""
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return recursive_find_trainer_class_by_name(trainer)
+            found = _nnunet_trainer_lookup()(trainer)
     except (RuntimeError, AssertionError):
-        raise UserError(f"unknown trainer '{trainer}': check -tr, or put its folder in nnUNet_extTrainer") from None
+        found = None
+    if found is None:
+        raise UserError(f"unknown trainer '{trainer}': check -tr, or put its folder in nnUNet_extTrainer "
+                        f"(nnunetv2 2.6: in nnunetv2/training/nnUNetTrainer)")
+    return found
+
+
+def _nnunet_trainer_lookup() -> Any:
+    try:
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+        return recursive_find_trainer_class_by_name
+    except ImportError:
+        import nnunetv2
+        from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+        folder = os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer")
+        return lambda name: recursive_find_python_class(folder, name, "nnunetv2.training.nnUNetTrainer")
 
 
 def trainer_source_hash(trainer_class: type) -> str:
@@ -228,12 +250,44 @@ def plans_hash(dp: DatasetPlans, configuration: str) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def build_targets(dp: DatasetPlans, configurations: list[str], trainer: str, device: str) -> list[Target]:
+def ddp_batch_split(global_batch: int, world_size: int) -> list[int]:
+    """Per-rank batch sizes, the formula of `nnUNetTrainer._set_batch_size_and_oversample` (tested against it)."""
+    if global_batch < world_size:
+        raise UserError(f"batch size {global_batch} is smaller than --num-gpus {world_size}: nnU-Net refuses to "
+                        f"run DDP like this; use fewer GPUs")
+    base = global_batch // world_size
+    return [base + 1 if base * world_size + rank < global_batch else base for rank in range(world_size)]
+
+
+def build_targets(dp: DatasetPlans, configurations: list[str], trainer: str, devices: list[str]) -> list[Target]:
+    """One target per configuration, or per configuration and DDP rank when there is more than one device."""
     targets = []
     for name in configurations:
-        batch = dp.configuration(name).batch_size
-        targets.append(Target(dp.dataset_name, dp.plans_identifier, name, trainer, device, int(batch)))
+        batch = int(dp.configuration(name).batch_size)
+        if len(devices) == 1:
+            targets.append(Target(dp.dataset_name, dp.plans_identifier, name, trainer, devices[0], batch))
+            continue
+        for rank, share in enumerate(ddp_batch_split(batch, len(devices))):
+            targets.append(Target(dp.dataset_name, dp.plans_identifier, name, trainer, devices[rank], share,
+                                  rank, len(devices)))
     return targets
+
+
+def variant_paths(dp: DatasetPlans, target: Target) -> list[str]:
+    """The nnU-Net code paths this target takes that differ from a plain single-GPU softmax U-Net."""
+    cm, lm = dp.configuration(target.configuration), dp.label_manager()
+    paths = [f"network {cm.network_arch_class_name.rsplit('.', 1)[-1]}"]
+    if lm.has_regions:
+        paths.append(f"regions: {len(lm.foreground_regions)} sigmoid outputs, BCE + dice on bool targets")
+    if lm.has_ignore_label:
+        paths.append(f"ignore label {lm.ignore_label}: masked dice and CE")
+    if cm.previous_stage_name:
+        paths.append(f"cascade: +{len(lm.foreground_labels)} one-hot channels from {cm.previous_stage_name} "
+                     f"predictions")
+    if target.world_size > 1:
+        paths.append(f"DDP rank {target.rank} of {target.world_size}: batch {target.batch_per_rank}, dice "
+                     f"{'gathered across ranks' if cm.batch_dice else 'per rank'}")
+    return paths
 
 
 def deep_supervision_scales(strides: list[list[int]]) -> list[tuple[float, ...]]:
@@ -247,7 +301,8 @@ def deep_supervision_scales(strides: list[list[int]]) -> list[tuple[float, ...]]
 
 
 def plan_calls(dp: DatasetPlans, target: Target) -> list[CompiledCall]:
-    """Every compiled call of one training run (train step, validation step, final validation)."""
+    """Every compiled call of one training run (train step, validation step, final validation), and of a process
+    that only predicts."""
     cm = dp.configuration(target.configuration)
     lm = dp.label_manager()
     patch = [int(p) for p in cm.patch_size]
@@ -265,6 +320,13 @@ def plan_calls(dp: DatasetPlans, target: Target) -> list[CompiledCall]:
         target_channels, target_dtype = 1, "int16"
 
     scales = deep_supervision_scales(strides)
+    static = active_profile() == "static"
+
+    def shape_note(scale: int) -> str:
+        if static:
+            return " (static)"
+        return " (first: static)" if scale == 0 else " (dynamic shapes)"
+
     scale_shapes = [tuple(round(p * s) for p, s in zip(patch, sc, strict=True)) for sc in scales]
     image = TensorSpec((batch, channels, *patch), "float32")
     outputs = tuple(TensorSpec((batch, heads, *shape), out_dtype) for shape in scale_shapes)
@@ -278,15 +340,18 @@ def plan_calls(dp: DatasetPlans, target: Target) -> list[CompiledCall]:
             inputs = [outputs[i], TensorSpec((batch, target_channels, *scale_shapes[i]), target_dtype)]
             if lm.has_ignore_label:
                 inputs.append(TensorSpec((batch, 1, *scale_shapes[i]), "bool"))
-            note = f"deep-supervision scale {i}" + (" (first: static)" if i == 0 else " (dynamic shapes)")
+            note = f"deep-supervision scale {i}" + shape_note(i)
             calls.append(CompiledCall(phase, "dice_loss", mode, tuple(inputs), (TensorSpec((), out_dtype),),
                                       1, note))
     mirror_combinations = 2 ** len(patch)
     tile = TensorSpec((1, channels, *patch), "float32")
+    tile_output = (TensorSpec((1, heads, *patch), out_dtype),)
     calls.append(CompiledCall(
-        "final_validation", "network", "eval, inference_mode" + amp, (tile,),
-        (TensorSpec((1, heads, *patch), out_dtype),), mirror_combinations,
+        "final_validation", "network", "eval, inference_mode" + amp, (tile,), tile_output, mirror_combinations,
         "deep supervision off; sliding-window tiles with mirroring",
     ))
+    calls.append(CompiledCall(
+        "fresh_inference", "network", "eval, inference_mode" + amp, (tile,), tile_output, mirror_combinations,
+        "a process that never trained: nnUNetv2_predict (nnUNet_compile=1), nnUNetv2_train --val",
+    ))
     return calls
-

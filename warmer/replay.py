@@ -8,6 +8,11 @@ loader produces. The sequence follows `run_training` + `perform_actual_validatio
   2. `validation_step` under `torch.no_grad()` after `on_validation_epoch_start` (eval)
   3. deep supervision off, eval, the sliding-window predictor on one patch-sized image (inference_mode,
      mirroring), exactly as the final validation calls it.
+  4. what a process that never trained compiles (`nnUNetv2_predict` with nnUNet_compile=1, `nnUNetv2_train
+     --val`): dynamo's in-memory state is reset (the disk cache is not), the trainer's checkpoint is saved to a
+     scratch model folder and nnU-Net's predictor loads it with `initialize_from_trained_model_folder`, builds
+     and compiles its own network (deep supervision off) and predicts batch-1 tiles first. In a training
+     process the network has seen the training batch by then, so dynamo compiles another graph for it.
 Progress lines go to stderr with PROGRESS_PREFIX; everything nnU-Net prints goes wherever stdout goes.
 """
 
@@ -25,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 PROGRESS_PREFIX = "@@nnunet-warmer "
-PHASES = ("train_step", "validation_step", "final_validation")
 
 
 def progress(message: str) -> None:
@@ -126,6 +130,7 @@ def replay(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
     from warmer.fingerprint import target_fingerprint
     from warmer.plans import load_plans
 
+    counters.count_symbolic_shapes()
     wall_start = time.perf_counter()
     fingerprint = target_fingerprint(load_plans(target.dataset_name, target.plans_identifier), target)
     progress("building trainer")
@@ -169,11 +174,34 @@ def replay(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
         predictor.predict_sliding_window_return_logits(_final_validation_image(trainer))
         trainer.set_deep_supervision_enabled(True)
 
+    def fresh_inference() -> None:
+        torch._dynamo.reset()
+        model = scratch / "model"
+        (model / "fold_0").mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(str(model / "fold_0" / "checkpoint_final.pth"))
+        (model / "plans.json").write_text(json.dumps(trainer.plans_manager.plans))
+        (model / "dataset.json").write_text(json.dumps(trainer.dataset_json))
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                    perform_everything_on_device=True, device=device, verbose=False,
+                                    verbose_preprocessing=False, allow_tqdm=False)
+        previous = os.environ.get("nnUNet_compile")
+        os.environ["nnUNet_compile"] = "1"
+        try:
+            predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
+        finally:
+            if previous is None:
+                del os.environ["nnUNet_compile"]
+            else:
+                os.environ["nnUNet_compile"] = previous
+        predictor.predict_sliding_window_return_logits(_final_validation_image(trainer))
+
     times["train_step"] = _timed("train_step", device, train)
     times["validation_step"] = _timed("validation_step", device, validate)
-    if spec.get("final_validation", True):
-        times["final_validation"] = _timed("final_validation", device, final_validation)
+    times["final_validation"] = _timed("final_validation", device, final_validation)
+    times["fresh_inference"] = _timed("fresh_inference", device, fresh_inference)
+    steady = [_timed(f"steady train_step {i + 1}", device, train) for i in range(int(spec.get("steady_steps", 0)))]
     return {
+        "steady_train_step": round(sorted(steady)[len(steady) // 2], 4) if steady else None,
         "compiles": compiles,
         "fingerprint": fingerprint,
         "phases": {k: round(v, 3) for k, v in times.items()},

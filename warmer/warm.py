@@ -56,11 +56,15 @@ class WarmOutcome:
 
 
 def run_replay(target: Target, cache: CacheDir, step: str, report: Reporter,
-               extra_env: dict[str, str] | None = None, allow_eager: bool = False) -> dict[str, Any]:
-    """One replay of `target` in a fresh Python process; returns its result record."""
+               extra_env: dict[str, str] | None = None, allow_eager: bool = False,
+               steady_steps: int = 0) -> dict[str, Any]:
+    """One replay of `target` in a fresh Python process; returns its result record.
+
+    `allow_eager` and `steady_steps` (extra train steps, timed) are for the benchmarks."""
     scratch = Path(tempfile.mkdtemp(prefix="nnunet-warmer-"))
     spec_path, result_path, log_path = scratch / "spec.json", scratch / "result.json", scratch / "replay.log"
-    spec_path.write_text(json.dumps({"target": target.to_dict(), "allow_eager": allow_eager}))
+    spec_path.write_text(json.dumps({"target": target.to_dict(), "allow_eager": allow_eager,
+                                     "steady_steps": steady_steps}))
     env = {**os.environ, **cache.torch_environment(), **(extra_env or {}),
            "nnUNet_results": str(scratch / "results"), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
