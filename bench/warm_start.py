@@ -1,7 +1,8 @@
 """First-iteration times of nnU-Net training, cold vs warm vs eager, measured side by side in one run.
 
 For each configuration of the demo dataset, three fresh processes replay the first train step, the first
-validation step and the final validation (nnU-Net's own trainer and predictor, see warmer/replay.py):
+validation step, the final validation and a fresh-process prediction (nnU-Net's own trainer and predictor,
+see warmer/replay.py):
   cold  - torch.compile into an empty cache
   warm  - torch.compile on the cache the cold process just filled
   eager - nnUNet_compile=f, no compile at all
@@ -37,7 +38,7 @@ def measure(workdir: Path, configurations: list[str]) -> list[dict]:
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     dp = load_plans(str(DEFAULT_DATASET_ID))
     rows = []
-    for target in build_targets(dp, configurations, TRAINER, device):
+    for target in build_targets(dp, configurations, TRAINER, [device]):
         cache = CacheDir(workdir / f"bench-cache-{target.configuration}")
         shutil.rmtree(cache.root, ignore_errors=True)
         runs = {}
@@ -58,13 +59,14 @@ def measure(workdir: Path, configurations: list[str]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| configuration | batch | mode | first train step | first val step | final validation | total | "
-             "FX hit/miss |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | batch | mode | first train step | first val step | final validation | "
+             "fresh-process predict | total | FX hit/miss |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for mode in ("cold", "warm", "eager"):
             p, c = r[mode], r[f"{mode}_counters"]
             lines.append(f"| {r['configuration']} | {r['batch']} | {mode} | {p['train_step']:.2f} s | "
                          f"{p['validation_step']:.2f} s | {p['final_validation']:.2f} s | "
+                         f"{p['fresh_inference']:.2f} s | "
                          f"{r[f'{mode}_total']:.2f} s | {c['fx_hit']}/{c['fx_miss']} |")
     lines.append("")
     lines.append("| configuration | cold / warm | warm / eager |")
