@@ -33,6 +33,13 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> NnunetPaths:
     return paths
 
 
+@pytest.fixture(scope="session")
+def e2e_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
+    """One shared cache for the end-to-end tests, and the warm report of each Dataset990 configuration
+    warmed into it so far (see test_end_to_end's `warmed`)."""
+    return tmp_path_factory.mktemp("shared") / "torch-cache", {}
+
+
 @pytest.fixture
 def nnunet_env(planned: NnunetPaths, monkeypatch: pytest.MonkeyPatch) -> NnunetPaths:
     for key, value in planned.environment().items():

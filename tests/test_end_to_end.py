@@ -20,12 +20,6 @@ pytestmark = pytest.mark.e2e
 CONFIGURATIONS = ["2d", "3d_fullres"]
 
 
-@pytest.fixture(scope="session")
-def e2e_cache(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
-    """The shared cache and the warm report of each configuration warmed into it so far."""
-    return tmp_path_factory.mktemp("shared") / "torch-cache", {}
-
-
 @pytest.fixture
 def warmed(planned, e2e_cache, request) -> tuple[Path, list[dict]]:
     """The cache with the configurations this test needs warmed (each warmed once per session, so selecting

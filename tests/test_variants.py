@@ -2,7 +2,7 @@
 must miss nothing (zero FX-graph and zero AOTAutograd misses).
 
 The datasets are synthetic and planned by nnU-Net's real planner; one dataset carries several variants where it can.
-All variants share one cache directory, as the teams on a cluster would.
+All of them share the cache that test_end_to_end warmed Dataset990 into, as the teams on a cluster would.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+import blosc2
+import numpy as np
 import pytest
 
 from warmer import CPU_TRAINERS_DIR
@@ -24,15 +26,13 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="session")
 def variants(planned: NnunetPaths) -> NnunetPaths:
-    """Three more datasets beside Dataset990:
-    991: region-based labels, two input channels, anisotropic spacing (first pooling stride 1x2x2);
-    992: an ignore label, planned with the ResEnc M preset (nnUNetResEncUNetMPlans);
+    """Two more datasets beside Dataset990 (which also gets old-format plans):
+    991: region-based labels plus an ignore label, two input channels, anisotropic spacing (first pooling
+         stride 1x2x2), planned with the ResEnc M preset (nnUNetResEncUNetMPlans);
     993: images large for a 0.08 GB GPU budget, so the planner adds 3d_lowres and 3d_cascade_fullres."""
-    write_raw_dataset(planned, 991, "Regions", cases=5, shape=(12, 40, 40), channels=2, spacing=(4.0, 1.0, 1.0),
-                      labels="regions")
-    plan_and_preprocess(planned, 991, ["3d_fullres"])
-    write_raw_dataset(planned, 992, "IgnoreResEnc", cases=5, shape=(24, 32, 32), labels="ignore")
-    plan_and_preprocess(planned, 992, ["3d_fullres"], ["-pl", "nnUNetPlannerResEncM"])
+    write_raw_dataset(planned, 991, "RegionsIgnore", cases=5, shape=(12, 40, 40), channels=2,
+                      spacing=(4.0, 1.0, 1.0), regions=True, ignore_label=True)
+    plan_and_preprocess(planned, 991, ["3d_fullres"], ["-pl", "nnUNetPlannerResEncM"])
     write_raw_dataset(planned, 993, "Cascade", cases=5, shape=(48, 64, 64))
     plan_and_preprocess(planned, 993, ["3d_fullres", "3d_lowres"],
                         ["-gpu_memory_target", "0.08", "-overwrite_plans_name", "nnUNetPlansSmall"])
@@ -41,8 +41,9 @@ def variants(planned: NnunetPaths) -> NnunetPaths:
 
 
 @pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cluster") / "torch-cache"
+def shared_cache(e2e_cache: tuple[Path, dict]) -> Path:
+    """The cache test_end_to_end warmed Dataset990 into: what a cluster's one shared cache holds by now."""
+    return e2e_cache[0]
 
 
 @pytest.fixture(scope="session")
@@ -81,12 +82,27 @@ def _assert_misses_nothing(summary: dict) -> None:
     assert summary["fx_hit"] > 0, summary
 
 
+def test_validation_only_and_compiled_predict_miss_nothing(variants, shared_cache, results, tmp_path) -> None:
+    env, plans = _env(variants, results), "nnUNetPlans"
+    _warm(env, shared_cache, "990", ["3d_fullres"], plans, CPU_TRAINER)
+    _assert_misses_nothing(_train(env, shared_cache, tmp_path, "990", "3d_fullres", plans, CPU_TRAINER))
+    val = _run(env, shared_cache, tmp_path / "val.json",
+               ["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", CPU_TRAINER, "-device", "cpu", "--val"])
+    _assert_misses_nothing(val)
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(variants.raw / "Dataset990_WarmerDemo" / "imagesTr" / "case_000_0000.nii.gz", images)
+    predict = _run(_env(variants, results, nnUNet_compile="1"), shared_cache, tmp_path / "predict.json",
+                   ["nnUNetv2_predict", "-i", str(images), "-o", str(tmp_path / "predicted"), "-d", "990", "-c",
+                    "3d_fullres", "-f", "0", "-tr", CPU_TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"])
+    _assert_misses_nothing(predict)
+    assert (tmp_path / "predicted" / "case_000.nii.gz").is_file()
+
+
 @pytest.mark.parametrize(("dataset", "plans", "trainer"), [
-    pytest.param("991", "nnUNetPlans", CPU_TRAINER, id="regions-2channels-anisotropic"),
-    pytest.param("992", "nnUNetResEncUNetMPlans", CPU_TRAINER, id="ignore-label-resenc-m"),
+    pytest.param("991", "nnUNetResEncUNetMPlans", CPU_TRAINER, id="regions-ignore-2channels-anisotropic-resenc"),
     pytest.param("990", "nnUNetPlansOld", CPU_TRAINER, id="old-format-plans"),
-    pytest.param("990", "nnUNetPlans", "nnUNetTrainerTestLossAdam", id="custom-loss-and-optimizer"),
-    pytest.param("990", "nnUNetPlans", "nnUNetTrainerTestNoDeepSupervision", id="no-deep-supervision"),
+    pytest.param("990", "nnUNetPlans", "nnUNetTrainerTestCustom", id="custom-loss-optimizer-no-deep-supervision"),
 ])
 def test_variant_training_misses_nothing(variants, shared_cache, results, tmp_path, dataset, plans, trainer) -> None:
     env = _env(variants, results)
@@ -105,25 +121,10 @@ def test_cascade_lowres_then_fullres_miss_nothing(variants, shared_cache, result
                 / "3d_cascade_fullres")
     previous.mkdir(parents=True, exist_ok=True)
     for seg in preprocessed.glob("*_seg.b2nd"):
-        shutil.copy(seg, previous / seg.name.replace("_seg.b2nd", ".b2nd"))
+        reference = blosc2.open(str(seg), mode="r")[:]  # (1, z, y, x); a previous stage writes (z, y, x)
+        blosc2.asarray(np.ascontiguousarray(reference[0]), urlpath=str(previous / seg.name.replace("_seg", "")),
+                       mode="w")
     _assert_misses_nothing(_train(env, shared_cache, tmp_path, "993", "3d_cascade_fullres", plans, CPU_TRAINER))
-
-
-def test_validation_only_and_compiled_predict_miss_nothing(variants, shared_cache, results, tmp_path) -> None:
-    env, plans = _env(variants, results), "nnUNetPlans"
-    _warm(env, shared_cache, "990", ["3d_fullres"], plans, CPU_TRAINER)
-    _assert_misses_nothing(_train(env, shared_cache, tmp_path, "990", "3d_fullres", plans, CPU_TRAINER))
-    val = _run(env, shared_cache, tmp_path / "val.json",
-               ["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", CPU_TRAINER, "-device", "cpu", "--val"])
-    _assert_misses_nothing(val)
-    images = tmp_path / "images"
-    images.mkdir()
-    shutil.copy(variants.raw / "Dataset990_WarmerDemo" / "imagesTr" / "case_000_0000.nii.gz", images)
-    predict = _run(_env(variants, results, nnUNet_compile="1"), shared_cache, tmp_path / "predict.json",
-                   ["nnUNetv2_predict", "-i", str(images), "-o", str(tmp_path / "predicted"), "-d", "990", "-c",
-                    "3d_fullres", "-f", "0", "-tr", CPU_TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"])
-    _assert_misses_nothing(predict)
-    assert (tmp_path / "predicted" / "case_000.nii.gz").is_file()
 
 
 def test_static_profile_compiles_no_symbolic_shapes(variants, shared_cache, results, tmp_path) -> None:

@@ -288,3 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _stderr("nnunet-warmer: interrupted")
         return 130
+    except BrokenPipeError:  # `nnunet-warmer list | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -43,24 +43,19 @@ class NnunetPaths:
                 "nnUNet_results": str(self.results)}
 
 
-LABEL_KINDS = ("plain", "regions", "ignore")
-
-
 def write_raw_dataset(paths: NnunetPaths, dataset_id: int = DEFAULT_DATASET_ID, name: str = DEFAULT_NAME,
                       cases: int = 6, shape: tuple[int, int, int] = (32, 40, 40), channels: int = 1,
-                      spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), labels: str = "plain",
-                      seed: int = 0) -> str:
+                      spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), regions: bool = False,
+                      ignore_label: bool = False, seed: int = 0) -> str:
     """Write `cases` 3D images with two foreground labels (a ball and a box) plus dataset.json.
 
-    `labels`: "plain" (background, ball, box); "regions" (region-based: whole = ball or box, box; with
-    regions_class_order); "ignore" (plus an ignore label on a slab of every case). `spacing` is (z, y, x).
+    `regions`: region-based labels (whole = ball or box; box) with regions_class_order. `ignore_label`: label 3
+    on a slab of every case is declared "ignore". `spacing` is (z, y, x).
     """
     import numpy as np
     import SimpleITK
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
-    if labels not in LABEL_KINDS:
-        raise ValueError(f"labels must be one of {LABEL_KINDS}")
     dataset_name = f"Dataset{dataset_id:03d}_{name}"
     folder = paths.raw / dataset_name
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
@@ -76,7 +71,7 @@ def write_raw_dataset(paths: NnunetPaths, dataset_id: int = DEFAULT_DATASET_ID, 
         corner = [rng.integers(1, max(2, s // 6)) for s in shape]
         seg[corner[0]:corner[0] + max(1, shape[0] // 5), corner[1]:corner[1] + shape[1] // 5,
             corner[2]:corner[2] + shape[2] // 5] = 2
-        if labels == "ignore":
+        if ignore_label:
             seg[:, :, -max(1, shape[2] // 8):] = 3
         case_id = f"case_{case:03d}"
         for channel in range(channels):
@@ -85,10 +80,10 @@ def write_raw_dataset(paths: NnunetPaths, dataset_id: int = DEFAULT_DATASET_ID, 
         _write_image(SimpleITK, seg, spacing, folder / "labelsTr" / f"{case_id}.nii.gz")
     label_dict: dict[str, int | tuple[int, ...]] = {"background": 0, "ball": 1, "box": 2}
     regions_class_order = None
-    if labels == "regions":
+    if regions:
         label_dict = {"background": 0, "whole": (1, 2), "box": (2,)}
         regions_class_order = (1, 2)
-    elif labels == "ignore":
+    if ignore_label:
         label_dict["ignore"] = 3
     generate_dataset_json(str(folder), {i: f"synthetic{i}" for i in range(channels)}, label_dict, cases,
                           ".nii.gz", regions_class_order=regions_class_order, dataset_name=dataset_name)
