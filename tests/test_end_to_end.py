@@ -1,8 +1,8 @@
 """End to end: real planner -> `nnunet-warmer warm` -> real `nnUNetv2_train` under `nnunet-warmer run`.
 
 The acceptance of the core: zero FX-graph and zero AOTAutograd misses over a whole real training run
-(train, validation, final validation) for 2d and 3d_fullres; and a cache warmed for another batch size
-gives misses, so the check can fail.
+(train, validation, final validation) for 2d and 3d_fullres; and plans edited to another batch size after
+the warm give misses, explained by the fingerprint part that differs, so the check can fail.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from warmer import CPU_TRAINERS_DIR
+from warmer.cachedir import CacheDir
+from warmer.explain import explain_misses
 
 from .conftest import BIN, CPU_TRAINER, cli
 
@@ -101,23 +103,37 @@ def test_stats_sum_the_warms_and_runs(planned, warmed) -> None:
     assert totals["estimated_seconds_saved"] > 0
 
 
-def test_cache_warmed_for_another_batch_size_misses(planned, tmp_path) -> None:
+def test_run_with_another_batch_size_names_it(planned, warmed, tmp_path) -> None:
+    """Plans edited after the warm (batch 2 -> 3): status and the run's explanation both name batch_per_rank."""
+    cache, _ = warmed
     folder = planned.preprocessed / "Dataset990_WarmerDemo"
     plans = json.loads((folder / "nnUNetPlans.json").read_text())
-    plans["plans_name"] = "nnUNetPlansBS3"
-    plans["configurations"]["3d_fullres"]["batch_size"] = 3
-    (folder / "nnUNetPlansBS3.json").write_text(json.dumps(plans))
-    other = tmp_path / "bs3-cache"
-    result = cli("warm", "-d", "990", "-c", "3d_fullres", "-p", "nnUNetPlansBS3", "-tr", CPU_TRAINER,
-                 "--device", "cpu", "--cache-dir", str(other), env=_env(planned))
+    plans["plans_name"] = "nnUNetPlansBS"
+    (folder / "nnUNetPlansBS.json").write_text(json.dumps(plans))
+    result = cli("warm", "-d", "990", "-c", "3d_fullres", "-p", "nnUNetPlansBS", "-tr", CPU_TRAINER,
+                 "--device", "cpu", "--cache-dir", str(cache), env=_env(planned))
     assert result.returncode == 0, result.stderr[-3000:]
-    status = cli("status", "-d", "990", "-c", "3d_fullres", "-tr", CPU_TRAINER, "--device", "cpu",
-                 "--cache-dir", str(other), env=_env(planned))
-    assert status.returncode == 1 and status.stdout.startswith("cold")
-    summary = _train_under_run(planned, other, "3d_fullres", tmp_path)
+    plans["configurations"]["3d_fullres"]["batch_size"] = 3
+    (folder / "nnUNetPlansBS.json").write_text(json.dumps(plans))
+    status = cli("status", "-d", "990", "-c", "3d_fullres", "-p", "nnUNetPlansBS", "-tr", CPU_TRAINER,
+                 "--device", "cpu", "--cache-dir", str(cache), env=_env(planned))
+    assert status.returncode == 1 and status.stdout.startswith("stale"), status.stdout
+    assert "batch_per_rank: 2 (cache) != 3 (here)" in status.stdout
+    summary = _train_under_run(planned, cache, "3d_fullres", tmp_path, plans="nnUNetPlansBS")
     assert summary["fx_miss"] > 0, summary
-    assert summary["explanation"].startswith("the cache was cold for Dataset990_WarmerDemo/nnUNetPlans/3d_fullres")
+    assert "the cache was warmed for another environment" in summary["explanation"]
+    assert "batch_per_rank: 2 (cache) != 3 (here)" in summary["explanation"]
     assert "nnunet-warmer warm -d Dataset990_WarmerDemo -c 3d_fullres" in summary["explanation"]
+
+
+def test_misses_without_a_manifest_say_cold_and_how_to_warm(nnunet_env, tmp_path) -> None:
+    target = {"dataset": "990", "configuration": "3d_fullres", "trainer": CPU_TRAINER, "plans": "nnUNetPlans",
+              "device": "cpu"}
+    line = explain_misses(CacheDir(tmp_path / "empty"), target, {"fx_miss": 4, "aot_miss": 2})
+    label = f"Dataset990_WarmerDemo/nnUNetPlans/3d_fullres/{CPU_TRAINER}"
+    assert line.startswith(f"the cache was cold for {label} (6 misses)")
+    assert "warm it with: nnunet-warmer warm -d Dataset990_WarmerDemo -c 3d_fullres" in line
+    assert not (tmp_path / "empty").exists()
 
 
 def test_misses_name_the_fingerprint_part_that_differs(planned, warmed, tmp_path) -> None:
