@@ -11,8 +11,9 @@ loader produces. The sequence follows `run_training` + `perform_actual_validatio
   4. what a process that never trained compiles (`nnUNetv2_predict` with nnUNet_compile=1, `nnUNetv2_train
      --val`): dynamo's in-memory state is reset (the disk cache is not), the trainer's checkpoint is saved to a
      scratch model folder and nnU-Net's predictor loads it with `initialize_from_trained_model_folder`, builds
-     and compiles its own network (deep supervision off) and predicts batch-1 tiles first. In a training
-     process the network has seen the training batch by then, so dynamo compiles another graph for it.
+     its own network (deep supervision off from construction), compiles it and predicts. For nnU-Net's own
+     trainers this is the final validation's graph again (a re-trace, no compile); it is replayed so that a
+     trainer or version whose predictor network differs is warmed too.
 Progress lines go to stderr with PROGRESS_PREFIX; everything nnU-Net prints goes wherever stdout goes.
 """
 
@@ -201,9 +202,10 @@ def replay(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
 
     times["train_step"] = _timed("train_step", device, train)
     times["validation_step"] = _timed("validation_step", device, validate)
+    # benchmarks only: more train steps, in training's order (before the final validation and the reset)
+    steady = [_timed(f"steady train_step {i + 1}", device, train) for i in range(int(spec.get("steady_steps", 0)))]
     times["final_validation"] = _timed("final_validation", device, final_validation)
     times["fresh_inference"] = _timed("fresh_inference", device, fresh_inference)
-    steady = [_timed(f"steady train_step {i + 1}", device, train) for i in range(int(spec.get("steady_steps", 0)))]
     totals = counters.snapshot()
     totals["compile_seconds"] = round(totals["compile_seconds"] + timers_before_reset["compile_seconds"], 3)
     return {
