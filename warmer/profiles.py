@@ -45,7 +45,3 @@ def active_profile(environ: Mapping[str, str] = os.environ) -> str:
     """The profile the environment selects (what a training job started from it would do)."""
     return "static" if environ.get(AUTOMATIC_DYNAMIC_VARIABLE) == "0" else "default"
 
-
-def recompile_entries_needed(deep_supervision_scales: int) -> int:
-    """Fixed-shape graphs of the dice loss's frame: one per weighted scale, in train (grad) and eval (no_grad)."""
-    return 2 * max(deep_supervision_scales - 1, 1)
