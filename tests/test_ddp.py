@@ -1,7 +1,10 @@
-"""DDP: `list --num-gpus N` gives every rank the batch share nnU-Net's own trainer computes.
+"""DDP: every rank gets the batch share nnU-Net's own trainer computes, and a DDP warm makes nnU-Net's own DDP
+training miss nothing.
 
 nnU-Net's `_set_batch_size_and_oversample` reads the world size and rank from torch.distributed, so the test
-starts a real gloo process group of N CPU processes and asks nnU-Net's trainer in each one.
+starts a real gloo process group of N CPU processes and asks nnU-Net's trainer in each one. The end-to-end
+test warms 2 ranks on CPU (gloo), then runs nnU-Net's DDP launcher and training (`tests/ddp_cpu_train.py`,
+nnUNetv2_train with gloo in place of NCCL) under `nnunet-warmer run`.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +22,9 @@ import torch.multiprocessing as mp
 
 from warmer.cli import main
 
-from .conftest import CPU_TRAINER
+from .conftest import CPU_TRAINER, cli
+
+DDP_TRAIN = Path(__file__).parent / "ddp_cpu_train.py"
 
 
 def _free_port() -> int:
@@ -66,9 +73,34 @@ def test_more_gpus_than_batch_is_refused_like_nnunet(nnunet_env, capsys) -> None
 
 
 @pytest.mark.parametrize("command", ["warm", "status"])
-def test_warming_ddp_ranks_is_refused_with_a_fix(nnunet_env, capsys, tmp_path, command: str) -> None:
-    assert main([command, "-d", "990", "-c", "2d", "-tr", CPU_TRAINER, "--num-gpus", "2", "--cache-dir",
-                 str(tmp_path / "cache")]) == 2
+def test_more_gpus_than_here_is_refused_with_a_fix(nnunet_env, capsys, tmp_path, command: str) -> None:
+    assert main([command, "-d", "990", "-c", "2d", "-tr", CPU_TRAINER, "--num-gpus", "2", "--device", "cuda",
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "list --num-gpus 2" in err
+    assert err.count("\n") == 1 and "warm on a node with 2 GPUs" in err
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.e2e
+def test_ddp_warm_then_nnunet_ddp_training_misses_nothing(nnunet_env, tmp_path) -> None:
+    cache = str(tmp_path / "cache")
+    ddp = ["-d", "990", "-c", "2d", "-tr", CPU_TRAINER, "--num-gpus", "2", "--device", "cpu", "--cache-dir", cache]
+    warmed = cli("warm", *ddp, "--json")
+    assert warmed.returncode == 0, warmed.stderr[-3000:]
+    reports = json.loads(warmed.stdout)["targets"]
+    assert [(t["target"]["rank"], t["target"]["batch_per_rank"], t["state"]) for t in reports] == \
+        [(0, 5, "warm"), (1, 5, "warm")]
+    for report in reports:
+        counters = report["verify"]["counters"]
+        assert counters["fx_hit"] > 0 and counters["fx_miss"] == counters["aot_miss"] == counters["fx_bypass"] == 0
+    assert cli("status", *ddp).returncode == 0
+
+    summary_file = tmp_path / "run.json"
+    trained = cli("run", "--cache-dir", cache, "--json", str(summary_file), "--", sys.executable, str(DDP_TRAIN),
+                  "990", "2d", "0", "-tr", CPU_TRAINER, "-num_gpus", "2",
+                  env={"nnUNet_results": str(tmp_path / "results"), "nnUNet_def_n_proc": "1"})
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    summary = json.loads(summary_file.read_text())
+    assert "Mean Validation Dice" in trained.stdout + trained.stderr
+    assert summary["processes"] >= 3, "the launcher and one process per rank"
+    assert summary["fx_hit"] > 0 and summary["fx_miss"] == 0 and summary["aot_miss"] == 0, summary

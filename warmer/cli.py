@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shlex
@@ -42,16 +43,22 @@ def resolve_device(requested: str) -> str:
     raise UserError(f"unknown --device '{requested}': use cuda or cpu")
 
 
-def ddp_devices(num_gpus: int, dry_run: bool) -> list[str]:
-    """nnU-Net's DDP puts rank r on cuda:r (CUDA only); a dry run may list them on any machine."""
+def ddp_devices(num_gpus: int, requested: str, dry_run: bool) -> list[str]:
+    """nnU-Net's DDP puts rank r on cuda:r; `--device cpu` gives a gloo group on CPU (for trainers that allow it,
+    like the CPU test trainers). A dry run may list CUDA ranks on any machine."""
     if num_gpus < 1:
         raise UserError(f"--num-gpus {num_gpus}: pass 1 or more")
     if num_gpus == 1:
         return []
+    if requested == "cpu":
+        return ["cpu"] * num_gpus
     if not dry_run:
-        raise UserError(f"--num-gpus {num_gpus}: warming DDP ranks is not supported yet (each rank needs its own "
-                        f"device in one process group); use `list --num-gpus {num_gpus}` to see the per-rank "
-                        f"shapes, or warm single-GPU training")
+        import torch
+
+        found = torch.cuda.device_count()
+        if found < num_gpus:
+            raise UserError(f"--num-gpus {num_gpus}: torch sees {found} CUDA devices here, and each rank compiles "
+                            f"on its own GPU: warm on a node with {num_gpus} GPUs")
     return [f"cuda:{rank}" for rank in range(num_gpus)]
 
 
@@ -62,7 +69,7 @@ def _targets(args: argparse.Namespace, dry_run: bool = False) -> tuple[Any, list
     dp = load_plans(args.d, args.p)
     configurations = resolve_configurations(dp, args.c)
     find_trainer_class(args.tr)
-    devices = ddp_devices(args.num_gpus, dry_run) or [resolve_device(args.device)]
+    devices = ddp_devices(args.num_gpus, args.device, dry_run) or [resolve_device(args.device)]
     return dp, build_targets(dp, configurations, args.tr, devices)
 
 
@@ -94,27 +101,31 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
-    from warmer.warm import warm_target
+    from warmer.warm import warm_group
 
     cache = CacheDir(Path(args.cache_dir))
     dp, targets = _targets(args)
     cache.require_writable()
     existed = cache.root.exists()
+    groups = [list(ranks) for _, ranks in itertools.groupby(targets, key=lambda t: t.configuration)]
     outcomes, failures = [], []
-    for index, target in enumerate(targets, 1):
-        prefix = f"[{index}/{len(targets)}] {target.configuration} ({target.trainer}, batch " \
-                 f"{target.batch_per_rank}, {target.device})"
+    for index, group in enumerate(groups, 1):
+        first = group[0]
+        devices = ", ".join(dict.fromkeys(t.device for t in group))
+        where = devices if len(group) == 1 else f"{len(group)} DDP ranks on {devices}"
+        prefix = f"[{index}/{len(groups)}] {first.configuration} ({first.trainer}, batch " \
+                 f"{'+'.join(str(t.batch_per_rank) for t in group)}, {where})"
         _stderr(f"{prefix}: warming")
         try:
-            outcome = warm_target(dp, target, cache, lambda msg, p=prefix: _stderr(f"{p}: {msg}"),
-                                  args.wait_timeout)
+            done = warm_group(dp, group, cache, lambda msg, p=prefix: _stderr(f"{p}: {msg}"), args.wait_timeout)
         except WarmError as e:
             failures.append(str(e))
             _stderr(f"{prefix}: FAILED: {e}")
             continue
-        outcomes.append(outcome)
+        outcomes.extend(done)
         if not args.json:
-            print(f"{target.label}: {outcome.message}")
+            for outcome in done:
+                print(f"{outcome.target.label}: {outcome.message}")
     if not existed:
         cache.remove_if_empty()
     if args.json:
@@ -209,7 +220,9 @@ def _add_target_options(parser: argparse.ArgumentParser, cache: bool) -> None:
     parser.add_argument("-tr", default="nnUNetTrainer", metavar="TRAINER", help="trainer class (default nnUNetTrainer)")
     parser.add_argument("--device", default="auto", help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--num-gpus", type=int, default=1, metavar="N",
-                        help="DDP over N GPUs, as nnUNetv2_train --num-gpus: one target per rank")
+                        help="DDP over N GPUs, as nnUNetv2_train --num-gpus: one target per rank on cuda:rank, "
+                             "warmed together in one process group (with --device cpu: a gloo group on CPU, "
+                             "for trainers that allow CPU DDP)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_shapes_option(parser)
     if cache:

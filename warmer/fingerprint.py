@@ -90,6 +90,7 @@ def target_fingerprint(dp: DatasetPlans, target: Target) -> dict[str, str]:
         "configuration": target.configuration,
         "batch_per_rank": str(target.batch_per_rank),
         "device": target.device,
+        "ddp_rank": f"{target.rank} of {target.world_size}",
     })
     return fingerprint
 

@@ -14,6 +14,9 @@ loader produces. The sequence follows `run_training` + `perform_actual_validatio
      its own network (deep supervision off from construction), compiles it and predicts. For nnU-Net's own
      trainers this is the final validation's graph again (a re-trace, no compile); it is replayed so that a
      trainer or version whose predictor network differs is warmed too.
+A DDP rank (world size > 1) joins its process group first, as `nnUNetv2_train --num-gpus N` does (NCCL on
+cuda:rank; gloo on CPU, for trainers that allow CPU DDP), and replays 1-3 in step with the other ranks; its
+dice loss all-gathers across ranks. Step 4 is left to the single-GPU target: prediction never runs DDP.
 Progress lines go to stderr with PROGRESS_PREFIX; everything nnU-Net prints goes wherever stdout goes.
 """
 
@@ -46,6 +49,18 @@ def _set_threads_like_nnunet(device_type: str) -> None:
     elif device_type == "cuda":
         torch.set_num_threads(1)
         torch.set_num_interop_threads(1)
+
+
+def _join_process_group(target: Any) -> None:
+    """`run_training.run_ddp`'s order: init the group (MASTER_ADDR/PORT from the parent), then pick the GPU."""
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device(target.device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=target.rank,
+                            world_size=target.world_size)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
 
 def _synthetic_batch(trainer: Any) -> dict[str, Any]:
@@ -134,9 +149,16 @@ def replay(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
     counters.count_symbolic_shapes()
     wall_start = time.perf_counter()
     fingerprint = target_fingerprint(load_plans(target.dataset_name, target.plans_identifier), target)
+    ddp = target.world_size > 1
+    if ddp:
+        progress(f"joining the process group as rank {target.rank} of {target.world_size}")
+        _join_process_group(target)
     progress("building trainer")
     trainer = get_trainer_from_args(target.dataset_name, target.configuration, 0, target.trainer,
                                     target.plans_identifier, device=torch.device(target.device))
+    if torch.device(target.device) != trainer.device:
+        raise RuntimeError(f"{target.trainer} put rank {target.rank} on {trainer.device}, not {target.device} "
+                           f"(nnU-Net runs DDP on CUDA only): warm with --device cuda")
     compiles = bool(trainer._do_i_compile())
     if not compiles and not spec.get("allow_eager", False):
         return {"compiles": False, "fingerprint": fingerprint}
@@ -205,7 +227,10 @@ def replay(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
     # benchmarks only: more train steps, in training's order (before the final validation and the reset)
     steady = [_timed(f"steady train_step {i + 1}", device, train) for i in range(int(spec.get("steady_steps", 0)))]
     times["final_validation"] = _timed("final_validation", device, final_validation)
-    times["fresh_inference"] = _timed("fresh_inference", device, fresh_inference)
+    if not ddp:
+        times["fresh_inference"] = _timed("fresh_inference", device, fresh_inference)
+    if ddp:
+        torch.distributed.destroy_process_group()
     totals = counters.snapshot()
     totals["compile_seconds"] = round(totals["compile_seconds"] + timers_before_reset["compile_seconds"], 3)
     return {

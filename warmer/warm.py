@@ -1,21 +1,26 @@
 """Wire the stages for one target: replay in a fresh process, verify in another, publish the manifest.
 
 A target that already has a manifest for this fingerprint is re-verified only (seconds, not minutes);
-if that verification misses, it is compiled again. All of it runs under the target's lock.
+if that verification misses, it is compiled again. All of it runs under the target's lock. The ranks of
+a DDP run are warmed as one group: their replays run at once in one process group, each on its device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from warmer import ledger, publish, verify
 from warmer.cachedir import CacheDir
@@ -61,70 +66,132 @@ def run_replay(target: Target, cache: CacheDir, step: str, report: Reporter,
     """One replay of `target` in a fresh Python process; returns its result record.
 
     `allow_eager` and `steady_steps` (extra train steps, timed) are for the benchmarks."""
-    scratch = Path(tempfile.mkdtemp(prefix="nnunet-warmer-"))
-    spec_path, result_path, log_path = scratch / "spec.json", scratch / "result.json", scratch / "replay.log"
-    spec_path.write_text(json.dumps({"target": target.to_dict(), "allow_eager": allow_eager,
-                                     "steady_steps": steady_steps}))
-    env = {**os.environ, **cache.torch_environment(), **(extra_env or {}),
-           "nnUNet_results": str(scratch / "results"), "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "warmer.replay", str(spec_path), str(result_path)],
-                                   env=env, stdout=log, stderr=subprocess.PIPE, text=True)
-        assert process.stderr is not None
-        for line in process.stderr:
-            if line.startswith(PROGRESS_PREFIX):
-                report(f"{step}: {line[len(PROGRESS_PREFIX):].rstrip()}")
-            else:
-                log.write(line)
-        code = process.wait()
-    result: dict[str, Any] = {}
-    if result_path.exists():
-        result = json.loads(result_path.read_text())
-    if code != 0 or "error" in result or not result:
-        error = result.get("error", f"replay exited with code {code}")
-        raise WarmError(f"{target.label}: {step} failed: {error} (full log: {log_path})")
-    shutil.rmtree(scratch, ignore_errors=True)
+    (result,) = run_replays([target], cache, step, report, extra_env, allow_eager, steady_steps)
     return result
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_replays(targets: list[Target], cache: CacheDir, step: str, report: Reporter,
+                extra_env: dict[str, str] | None = None, allow_eager: bool = False,
+                steady_steps: int = 0) -> list[dict[str, Any]]:
+    """Replay `targets` at once, one fresh process each; several targets are the ranks of one DDP group.
+
+    When one rank fails the others would wait for it in a collective forever, so they are stopped."""
+    env = {**os.environ, **cache.torch_environment(), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+    if len(targets) > 1:
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    runs = []
+    for target in targets:
+        scratch = Path(tempfile.mkdtemp(prefix="nnunet-warmer-"))
+        (scratch / "spec.json").write_text(json.dumps({"target": target.to_dict(), "allow_eager": allow_eager,
+                                                       "steady_steps": steady_steps}))
+        log = open(scratch / "replay.log", "w")  # noqa: SIM115 (closed below, after the process)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "warmer.replay", str(scratch / "spec.json"), str(scratch / "result.json")],
+            env={**env, "nnUNet_results": str(scratch / "results")}, stdout=log, stderr=subprocess.PIPE, text=True)
+        label = f"{step} rank {target.rank}" if len(targets) > 1 else step
+        relay = threading.Thread(target=_relay, args=(process, log, label, report), daemon=True)
+        relay.start()
+        runs.append((target, scratch, process, relay, log))
+    while any(process.poll() is None for _, _, process, _, _ in runs):
+        if any(process.poll() not in (None, 0) for _, _, process, _, _ in runs):
+            for _, _, process, _, _ in runs:
+                if process.poll() is None:
+                    process.kill()
+        time.sleep(0.2)
+    results, errors = [], []
+    for target, scratch, process, relay, log in runs:
+        relay.join()
+        log.close()
+        result_path = scratch / "result.json"
+        result = json.loads(result_path.read_text()) if result_path.exists() else {}
+        if process.returncode != 0 or "error" in result or not result:
+            error = result.get("error", f"replay exited with code {process.returncode}")
+            errors.append(f"{target.label}: {step} failed: {error} (full log: {scratch / 'replay.log'})")
+        results.append(result)
+    if errors:
+        raise WarmError("; ".join(errors))
+    for _, scratch, _, _, _ in runs:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def _relay(process: subprocess.Popen[str], log: TextIO, label: str, report: Reporter) -> None:
+    """Progress lines go to `report`; everything else the replay writes to stderr goes to its log."""
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith(PROGRESS_PREFIX):
+            report(f"{label}: {line[len(PROGRESS_PREFIX):].rstrip()}")
+        else:
+            log.write(line)
 
 
 def warm_target(dp: DatasetPlans, target: Target, cache: CacheDir, report: Reporter,
                 wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> WarmOutcome:
-    """Warm one target under its lock: a second warmer waits, then finds the manifest and only verifies."""
-    fingerprint = target_fingerprint(dp, target)
-    fp_id = fingerprint_id(fingerprint)
-    lock_path = publish.target_folder(cache, target, cache.locks) / f"{fp_id}.lock"
-    with target_lock(lock_path, wait_timeout, report):
-        outcome = _warm_locked(target, cache, report, fingerprint, fp_id)
-    if outcome.state != "no-compile":
-        ledger.append_or_warn(cache, outcome.ledger_record(), report)
+    """Warm one single-GPU target (see `warm_group`)."""
+    (outcome,) = warm_group(dp, [target], cache, report, wait_timeout)
     return outcome
 
 
-def _warm_locked(target: Target, cache: CacheDir, report: Reporter, fingerprint: dict[str, str],
-                 fp_id: str) -> WarmOutcome:
-    existing = publish.matching_manifest(publish.read_manifests(cache, target), fingerprint, fp_id)
-    if existing is not None:
-        check = run_replay(target, cache, "re-verify", report)
-        if not verify.problems(check["counters"]):
-            path = publish.write_manifest(cache, target, fingerprint, fp_id, None, check, previous=existing)
-            return WarmOutcome(target, "already-warm", "already warm, verified again from a fresh process",
-                               existing.get("cold"), check, str(path))
+def warm_group(dp: DatasetPlans, group: list[Target], cache: CacheDir, report: Reporter,
+               wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> list[WarmOutcome]:
+    """Warm one target, or all ranks of one DDP run together, under their locks (taken in rank order).
+
+    A second warmer waits, then finds the manifests and only verifies."""
+    fingerprints = [target_fingerprint(dp, target) for target in group]
+    ids = [fingerprint_id(fingerprint) for fingerprint in fingerprints]
+    with contextlib.ExitStack() as locks:
+        for target, fp_id in zip(group, ids, strict=True):
+            lock_path = publish.target_folder(cache, target, cache.locks) / f"{fp_id}.lock"
+            locks.enter_context(target_lock(lock_path, wait_timeout, report))
+        outcomes = _warm_locked(group, cache, report, fingerprints, ids)
+    for outcome in outcomes:
+        if outcome.state != "no-compile":
+            ledger.append_or_warn(cache, outcome.ledger_record(), report)
+    return outcomes
+
+
+def _warm_locked(group: list[Target], cache: CacheDir, report: Reporter, fingerprints: list[dict[str, str]],
+                 ids: list[str]) -> list[WarmOutcome]:
+    existing = [publish.matching_manifest(publish.read_manifests(cache, target), fingerprint, fp_id)
+                for target, fingerprint, fp_id in zip(group, fingerprints, ids, strict=True)]
+    if all(manifest is not None for manifest in existing):
+        checks = run_replays(group, cache, "re-verify", report)
+        if not any(verify.problems(check["counters"], target.world_size > 1)
+                   for target, check in zip(group, checks, strict=True)):
+            return [WarmOutcome(target, "already-warm", "already warm, verified again from a fresh process",
+                                manifest.get("cold"), check,
+                                str(publish.write_manifest(cache, target, fingerprint, fp_id, None, check,
+                                                           previous=manifest)))
+                    for target, fingerprint, fp_id, manifest, check
+                    in zip(group, fingerprints, ids, existing, checks, strict=True)]
         report("re-verify: the cache no longer hits; compiling again")
 
-    cold = run_replay(target, cache, "compile", report)
-    if not cold.get("compiles"):
-        return WarmOutcome(target, "no-compile",
-                           f"{target.trainer} does not use torch.compile on {target.device} (nnU-Net turns it off "
-                           f"on CPU, MPS and Windows, and when nnUNet_compile is false): nothing to warm")
-    if cold["fingerprint"] != fingerprint:
-        raise WarmError(f"{target.label}: the replay process saw another environment than this one "
-                          f"({sorted(k for k in fingerprint if fingerprint[k] != cold['fingerprint'].get(k))})")
-    check = run_replay(target, cache, "verify", report)
-    found = verify.problems(check["counters"])
-    if found:
-        raise WarmError(f"{target.label}: verification from a fresh process saw {', '.join(found)}; "
-                          f"nothing was published (rerun with TORCH_LOGS=+inductor to see the cache keys)")
-    path = publish.write_manifest(cache, target, fingerprint, fp_id, cold, check)
-    ratio = verify.speedup(cold, check)
-    return WarmOutcome(target, "warm", f"warm: cold {sum(cold['phases'].values()):.1f} s -> verified "
-                       f"{sum(check['phases'].values()):.1f} s ({ratio}x)", cold, check, str(path))
+    colds = run_replays(group, cache, "compile", report)
+    if not all(cold.get("compiles") for cold in colds):
+        target = group[0]
+        return [WarmOutcome(target, "no-compile",
+                            f"{target.trainer} does not use torch.compile on {target.device} (nnU-Net turns it off "
+                            f"on CPU, MPS and Windows, and when nnUNet_compile is false): nothing to warm")]
+    for target, fingerprint, cold in zip(group, fingerprints, colds, strict=True):
+        if cold["fingerprint"] != fingerprint:
+            raise WarmError(f"{target.label}: the replay process saw another environment than this one "
+                            f"({sorted(k for k in fingerprint if fingerprint[k] != cold['fingerprint'].get(k))})")
+    checks = run_replays(group, cache, "verify", report)
+    for target, check in zip(group, checks, strict=True):
+        found = verify.problems(check["counters"], target.world_size > 1)
+        if found:
+            raise WarmError(f"{target.label}: verification from a fresh process saw {', '.join(found)}; "
+                            f"nothing was published (rerun with TORCH_LOGS=+inductor to see the cache keys)")
+    outcomes = []
+    for target, fingerprint, fp_id, cold, check in zip(group, fingerprints, ids, colds, checks, strict=True):
+        path = publish.write_manifest(cache, target, fingerprint, fp_id, cold, check)
+        outcomes.append(WarmOutcome(target, "warm", f"warm: cold {sum(cold['phases'].values()):.1f} s -> verified "
+                                    f"{sum(check['phases'].values()):.1f} s ({verify.speedup(cold, check)}x)",
+                                    cold, check, str(path)))
+    return outcomes
