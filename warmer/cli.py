@@ -18,6 +18,7 @@ from warmer.cachedir import CacheDir, default_cache_dir
 from warmer.compat import check_nnunet_version
 from warmer.errors import UserError, WarmError
 from warmer.profiles import PROFILES, profile_environment
+from warmer.trust import OVERRIDE_FLAG, make_shared_dirs, require_trusted
 from warmer.warm import DEFAULT_WAIT_TIMEOUT
 
 
@@ -103,10 +104,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_warm(args: argparse.Namespace) -> int:
     from warmer.warm import warm_group
 
-    cache = CacheDir(Path(args.cache_dir))
     dp, targets = _targets(args)
+    cache = _trusted_cache(args)
     cache.require_writable()
     existed = cache.root.exists()
+    make_shared_dirs(cache)
     groups = [list(ranks) for _, ranks in itertools.groupby(targets, key=lambda t: t.configuration)]
     outcomes, failures = [], []
     for index, group in enumerate(groups, 1):
@@ -137,8 +139,8 @@ def cmd_warm(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from warmer.status import describe, target_status
 
-    cache = CacheDir(Path(args.cache_dir))
     dp, targets = _targets(args)
+    cache = _trusted_cache(args)
     records = [target_status(dp, t, cache) for t in targets]
     if args.json:
         _emit_json({"cache_dir": str(cache.root), "targets": records})
@@ -149,7 +151,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    variables = {**CacheDir(Path(args.cache_dir)).torch_environment(), **profile_environment(args.shapes)}
+    variables = {**_trusted_cache(args).torch_environment(), **profile_environment(args.shapes)}
     if args.cpu_trainers:
         folders = [str(CPU_TRAINERS_DIR)] + [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
         variables["nnUNet_extTrainer"] = os.pathsep.join(dict.fromkeys(folders))
@@ -166,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UserError("no command given: nnunet-warmer run -- nnUNetv2_train DATASET CONFIG FOLD")
-    code, summary = run_and_record(command, CacheDir(Path(args.cache_dir)), report=_stderr)
+    code, summary = run_and_record(command, _trusted_cache(args), report=_stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     return code
@@ -235,9 +237,21 @@ def _add_shapes_option(parser: argparse.ArgumentParser) -> None:
                              "graphs only, no symbolic shapes. Warm and train with the same choice.")
 
 
-def _add_cache_option(parser: argparse.ArgumentParser) -> None:
+def _add_cache_option(parser: argparse.ArgumentParser, loads_code: bool = True) -> None:
     parser.add_argument("--cache-dir", default=str(default_cache_dir()),
                         help="shared cache directory (default: $NNUNET_WARMER_CACHE_DIR or ~/.cache/nnunet-warmer)")
+    if loads_code:
+        parser.add_argument(OVERRIDE_FLAG, action="store_true",
+                            help="use a cache dir that others than you, root and your groups could write (its "
+                                 "contents run in every training job)")
+
+
+def _trusted_cache(args: argparse.Namespace) -> CacheDir:
+    """The cache dir of a command that loads code from it, refused when others could have planted code."""
+    cache = CacheDir(Path(args.cache_dir))
+    if not args.allow_untrusted_cache:
+        require_trusted(cache)
+    return cache
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("stats", help="hits, misses, compile seconds and seconds saved, from the ledger")
-    _add_cache_option(p)
+    _add_cache_option(p, loads_code=False)
     p.add_argument("--since", help="only records from this date (ISO) or epoch second on (default: last --zero)")
     p.add_argument("--zero", action="store_true", help="start a new statistics period")
     p.add_argument("--metrics-file", metavar="PATH",

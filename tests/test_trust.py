@@ -1,0 +1,64 @@
+"""The cache is code: a cache dir others could write is refused (with an override), and the warmer's own
+folders are group-shareable."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from warmer.cachedir import CacheDir
+from warmer.cli import main
+from warmer.trust import make_shared_dirs
+
+from .conftest import CPU_TRAINER
+
+
+def _cache_with_entry(tmp_path: Path) -> tuple[Path, Path]:
+    cache = tmp_path / "cache"
+    entry = cache / "inductor" / "fxgraph" / "ab" / "entry"
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(b"compiled code")
+    return cache, entry
+
+
+@pytest.mark.parametrize("command", ["env", "run", "status"])
+def test_world_writable_entry_is_refused_unless_overridden(nnunet_env, tmp_path, capsys, command: str) -> None:
+    cache, entry = _cache_with_entry(tmp_path)
+    os.chmod(entry, 0o666)
+    args = {"env": ["env"], "run": ["run"], "status": ["status", "-d", "990", "-c", "2d", "-tr", CPU_TRAINER,
+                                                       "--device", "cpu"]}[command]
+    tail = ["--", "true"] if command == "run" else []
+    assert main([*args, "--cache-dir", str(cache), *tail]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{entry} is world-writable" in err and "--allow-untrusted-cache" in err
+    expected = {"env": 0, "run": 0, "status": 1}[command]  # status: trusted now, and cold
+    assert main([*args, "--cache-dir", str(cache), "--allow-untrusted-cache", *tail]) == expected
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root")
+def test_entry_of_a_stranger_is_refused_but_a_team_member_is_trusted(tmp_path, capsys) -> None:
+    cache, entry = _cache_with_entry(tmp_path)
+    stranger = 65534
+    os.chown(entry, stranger, stranger)
+    assert main(["env", "--cache-dir", str(cache)]) == 2
+    assert "who is not you, root, or in a group of yours" in capsys.readouterr().err
+    assert main(["env", "--cache-dir", str(cache), "--allow-untrusted-cache"]) == 0
+    os.chown(entry, stranger, os.getegid())  # a teammate's entry in a group of ours
+    assert main(["env", "--cache-dir", str(cache)]) == 0
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o2755), (0o002, 0o2775), (0o077, 0o2700)])
+def test_created_folders_are_setgid_and_respect_the_umask(tmp_path, umask: int, mode: int) -> None:
+    cache = CacheDir(tmp_path / "cache")
+    previous = os.umask(umask)
+    try:
+        make_shared_dirs(cache)
+    finally:
+        os.umask(previous)
+    for folder in (cache.root, cache.inductor, cache.manifests, cache.locks):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == mode, folder
+    (cache.inductor / "made-later").mkdir()
+    assert os.stat(cache.inductor / "made-later").st_mode & stat.S_ISGID, "the kernel passes setgid on"

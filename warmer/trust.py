@@ -1,0 +1,65 @@
+"""The cache is code: refuse a cache dir that people other than you and your team could write.
+
+Whoever can write the cache can run code in every training job that reads it (inductor loads compiled
+kernels and Python wrappers from it). A cache is trusted when nothing in it is world-writable and every
+entry belongs to you, to root, or to a group you are in (a team cache: the group is who may write it).
+Directories the warmer creates are group-shareable: setgid, so entries keep the directory's group, with
+permissions from your umask.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from pathlib import Path
+
+from warmer.cachedir import CacheDir
+from warmer.errors import UserError
+
+OVERRIDE_FLAG = "--allow-untrusted-cache"
+
+
+def _owner(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def untrusted_entries(root: Path) -> list[str]:
+    """What makes `root` unsafe to load code from, one phrase per offending path."""
+    if not root.exists():
+        return []
+    me, groups = os.geteuid(), {os.getegid(), *os.getgroups()}
+    found = []
+    paths = [root]
+    for folder, dirs, files in os.walk(root):
+        paths.extend(Path(folder) / name for name in (*dirs, *files))
+    for path in paths:
+        info = os.lstat(path)
+        if info.st_mode & stat.S_IWOTH and not stat.S_ISLNK(info.st_mode):
+            found.append(f"{path} is world-writable")
+        elif info.st_uid not in (me, 0) and info.st_gid not in groups:
+            found.append(f"{path} belongs to {_owner(info.st_uid)}, who is not you, root, or in a group of yours")
+    return found
+
+
+def require_trusted(cache: CacheDir) -> None:
+    """Refuse, in one line, a cache others could have planted code in."""
+    found = untrusted_entries(cache.root)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise UserError(f"cache dir {cache.root} is not safe to load code from: {found[0]}{more}; every training "
+                        f"job runs what is in it: fix the owner or permissions (chmod -R o-w), or pass "
+                        f"{OVERRIDE_FLAG} if you trust everyone who can write it")
+
+
+def make_shared_dirs(cache: CacheDir) -> None:
+    """Create the cache's folders setgid, so a team group owns everything made below them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for folder in (cache.root, cache.inductor, cache.manifests, cache.locks):
+        if not folder.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, (0o777 & ~umask) | stat.S_ISGID)
