@@ -18,7 +18,7 @@ from warmer.publish import target_folder
 
 from .conftest import BIN, CPU_TRAINER
 
-WARMERS = 3
+WARMERS = 4
 
 
 def _warm_args(cache: Path, *extra: str) -> list[str]:

@@ -17,9 +17,9 @@ from warmer import CPU_TRAINERS_DIR
 from warmer.cachedir import CacheDir, default_cache_dir
 from warmer.compat import check_nnunet_version
 from warmer.errors import UserError, WarmError
+from warmer.locking import DEFAULT_LEASE_SECONDS, DEFAULT_WAIT_TIMEOUT, LOCK_KINDS, LockPolicy
 from warmer.profiles import PROFILES, profile_environment
-from warmer.trust import OVERRIDE_FLAG, make_shared_dirs, require_trusted
-from warmer.warm import DEFAULT_WAIT_TIMEOUT
+from warmer.trust import OVERRIDE_FLAG, make_shared_root, require_trusted
 
 
 def _stderr(message: str) -> None:
@@ -102,13 +102,22 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
-    from warmer.warm import warm_group
-
     dp, targets = _targets(args)
     cache = _trusted_cache(args)
     cache.require_writable()
     existed = cache.root.exists()
-    make_shared_dirs(cache)
+    make_shared_root(cache)
+    try:
+        return _warm_groups(args, dp, targets, cache)
+    finally:
+        if not existed:
+            cache.remove_if_empty()
+
+
+def _warm_groups(args: argparse.Namespace, dp: Any, targets: list[Any], cache: CacheDir) -> int:
+    from warmer.warm import warm_group
+
+    lock = LockPolicy(args.lock, args.wait_timeout, args.lease)
     groups = [list(ranks) for _, ranks in itertools.groupby(targets, key=lambda t: t.configuration)]
     outcomes, failures = [], []
     for index, group in enumerate(groups, 1):
@@ -119,7 +128,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
                  f"{'+'.join(str(t.batch_per_rank) for t in group)}, {where})"
         _stderr(f"{prefix}: warming")
         try:
-            done = warm_group(dp, group, cache, lambda msg, p=prefix: _stderr(f"{p}: {msg}"), args.wait_timeout)
+            done = warm_group(dp, group, cache, lambda msg, p=prefix: _stderr(f"{p}: {msg}"), lock)
         except WarmError as e:
             failures.append(str(e))
             _stderr(f"{prefix}: FAILED: {e}")
@@ -128,8 +137,6 @@ def cmd_warm(args: argparse.Namespace) -> int:
         if not args.json:
             for outcome in done:
                 print(f"{outcome.target.label}: {outcome.message}")
-    if not existed:
-        cache.remove_if_empty()
     if args.json:
         _emit_json({"cache_dir": str(cache.root), "targets": [o.to_dict() for o in outcomes],
                     "failures": failures})
@@ -267,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_options(p, cache=True)
     p.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
                    help=f"how long to wait for another warmer of the same target (default {DEFAULT_WAIT_TIMEOUT:.0f})")
+    p.add_argument("--lock", choices=LOCK_KINDS, default="flock",
+                   help="flock (default; local disks, NFSv4, Lustre with -o flock) or lease (a file created with "
+                        "O_EXCL and renewed while held; for file systems without flock)")
+    p.add_argument("--lease", type=float, default=DEFAULT_LEASE_SECONDS, metavar="SECONDS",
+                   help=f"--lock lease: a holder silent this long is taken over (default {DEFAULT_LEASE_SECONDS:.0f})")
     p.set_defaults(func=cmd_warm)
     p = sub.add_parser("status", help="warm / stale / cold per target; exit 0 only if all are warm")
     _add_target_options(p, cache=True)

@@ -1,10 +1,20 @@
 """Single flight per target: one warmer compiles, the others wait and then only verify.
 
-The lock is a `filelock.FileLock` (an OS `flock`) in the shared cache directory, one per target and
-environment fingerprint, so warmers for other GPU models or torch builds run in parallel. The kernel
-drops an `flock` when its holder dies, so a killed warmer never leaves a stale lock behind: on local
-disks at once, on NFSv4 when the dead client's lease expires. Lustre must be mounted with `-o flock`
-(without it flock fails with ENOSYS, and the warmer says so).
+One lock per target and environment fingerprint in the shared cache directory, so warmers for other GPU
+models or torch builds run in parallel. Two kinds, because shared file systems differ:
+
+- `flock` (default): `filelock.FileLock`, an OS `flock`. The kernel drops it when its holder dies: on
+  local disks at once, on NFSv4 when the dead client's lease expires (about 90 s). Lustre must be mounted
+  with `-o flock` (without it flock fails with ENOSYS, and the warmer says so).
+- `lease`: for file systems without working flock (Lustre without `-o flock`, NFSv3 without lockd). The
+  lock is a file created with O_EXCL, which NFS and Lustre create atomically; a thread of the holder
+  touches it every quarter lease. A waiter takes it over only when its mtime is older than the lease,
+  measured against the file server's clock (a probe file's mtime), so a live holder is never taken over
+  and a dead one (SIGKILL, node gone) is after one lease.
+
+The lock saves work; it does not guard correctness. Entries are content-addressed and manifests are
+published atomically after a verify, so two warmers that both compile (a lease taken over from a holder
+that was only frozen) waste time and corrupt nothing.
 """
 
 from __future__ import annotations
@@ -14,8 +24,11 @@ import errno
 import json
 import os
 import socket
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -23,6 +36,23 @@ from filelock import FileLock, Timeout
 from warmer.errors import UserError
 
 POLL_SECONDS = 5.0
+LOCK_KINDS = ("flock", "lease")
+DEFAULT_WAIT_TIMEOUT = 7200.0
+DEFAULT_LEASE_SECONDS = 120.0
+Reporter = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    kind: str = "flock"
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    poll_seconds: float = POLL_SECONDS
+
+
+def _holder_info() -> dict[str, object]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "token": uuid.uuid4().hex}
 
 
 def _holder(path: Path) -> str:
@@ -33,33 +63,114 @@ def _holder(path: Path) -> str:
         return "unknown holder"
 
 
+def _timed_out(waited: float, path: Path, holder_path: Path) -> UserError:
+    return UserError(f"lock wait timed out after {waited:.0f} s: another warmer ({_holder(holder_path)}) holds "
+                     f"{path}: rerun later or raise --wait-timeout")
+
+
 @contextlib.contextmanager
-def target_lock(lock_path: Path, wait_timeout: float, report: Callable[[str], None]) -> Iterator[None]:
-    """Hold the target's lock; wait up to `wait_timeout` seconds for another holder, reporting progress."""
+def target_lock(lock_path: Path, policy: LockPolicy, report: Reporter) -> Iterator[None]:
+    """Hold the target's lock; wait up to `policy.wait_timeout` seconds for another holder, reporting progress."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    if policy.kind == "lease":
+        with _lease_lock(lock_path.with_suffix(".lease"), policy, report):
+            yield
+    else:
+        with _flock(lock_path, policy, report):
+            yield
+
+
+@contextlib.contextmanager
+def _flock(lock_path: Path, policy: LockPolicy, report: Reporter) -> Iterator[None]:
     holder_path = lock_path.with_suffix(".holder")
     lock = FileLock(str(lock_path))
     start = time.monotonic()
     while True:
         try:
-            lock.acquire(timeout=min(POLL_SECONDS, max(wait_timeout - (time.monotonic() - start), 0)))
+            lock.acquire(timeout=min(policy.poll_seconds, max(policy.wait_timeout - (time.monotonic() - start), 0)))
             break
         except Timeout:
             waited = time.monotonic() - start
-            if waited >= wait_timeout:
-                raise UserError(f"lock wait timed out after {waited:.0f} s: another warmer ({_holder(holder_path)}) "
-                                f"holds {lock_path}: rerun later or raise --wait-timeout") from None
+            if waited >= policy.wait_timeout:
+                raise _timed_out(waited, lock_path, holder_path) from None
             report(f"waiting for another warmer ({_holder(holder_path)}), {waited:.0f} s")
         except OSError as e:
             if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
                 raise UserError(f"the file system of {lock_path} does not support flock ({e.strerror}): mount "
-                                f"it with flock support (Lustre: -o flock) or pass another --cache-dir") from None
+                                f"it with flock support (Lustre: -o flock), or pass --lock lease") from None
             raise
     try:
-        holder_path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                           "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        holder_path.write_text(json.dumps(_holder_info()))
         yield
     finally:
         with contextlib.suppress(OSError):
             holder_path.unlink()
         lock.release()
+
+
+def _server_now(folder: Path) -> float:
+    """The file server's clock: the mtime of a file just written there (nodes' clocks may disagree)."""
+    probe = folder / f".clock.{socket.gethostname()}.{os.getpid()}"
+    probe.write_bytes(b"")
+    try:
+        return probe.stat().st_mtime
+    finally:
+        probe.unlink()
+
+
+def _take_over_if_expired(path: Path, lease_seconds: float) -> bool:
+    """Move an expired lease aside (rename is atomic: one waiter wins); True when the path is free now."""
+    try:
+        age = _server_now(path.parent) - path.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    if age <= lease_seconds:
+        return False
+    aside = path.with_name(f"{path.name}.expired.{socket.gethostname()}.{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return True
+    with contextlib.suppress(OSError):
+        aside.unlink()
+    return True
+
+
+@contextlib.contextmanager
+def _lease_lock(path: Path, policy: LockPolicy, report: Reporter) -> Iterator[None]:
+    info = _holder_info()
+    start = time.monotonic()
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            break
+        except FileExistsError:
+            if _take_over_if_expired(path, policy.lease_seconds):
+                report(f"took over an expired lease ({_holder(path)})")
+                continue
+            waited = time.monotonic() - start
+            if waited >= policy.wait_timeout:
+                raise _timed_out(waited, path, path) from None
+            report(f"waiting for another warmer ({_holder(path)}), {waited:.0f} s")
+            time.sleep(min(policy.poll_seconds, max(policy.wait_timeout - waited, 0.05)))
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f)
+        f.flush()
+        os.fsync(f.fileno())
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(policy.lease_seconds / 4):
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+    renewer = threading.Thread(target=renew, name="nnunet-warmer-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()).get("token") == info["token"]:
+                path.unlink()

@@ -3,8 +3,8 @@
 Whoever can write the cache can run code in every training job that reads it (inductor loads compiled
 kernels and Python wrappers from it). A cache is trusted when nothing in it is world-writable and every
 entry belongs to you, to root, or to a group you are in (a team cache: the group is who may write it).
-Directories the warmer creates are group-shareable: setgid, so entries keep the directory's group, with
-permissions from your umask.
+A cache dir the warmer creates is group-shareable: setgid, so entries keep its group, with permissions
+from your umask.
 """
 
 from __future__ import annotations
@@ -55,11 +55,12 @@ def require_trusted(cache: CacheDir) -> None:
                         f"{OVERRIDE_FLAG} if you trust everyone who can write it")
 
 
-def make_shared_dirs(cache: CacheDir) -> None:
-    """Create the cache's folders setgid, so a team group owns everything made below them."""
+def make_shared_root(cache: CacheDir) -> None:
+    """Create a new cache dir setgid, so that its group owns everything made below it (the kernel passes the
+    group and the setgid bit on to new folders). An existing cache dir is left as its owner set it."""
+    if cache.root.exists():
+        return
     umask = os.umask(0)
     os.umask(umask)
-    for folder in (cache.root, cache.inductor, cache.manifests, cache.locks):
-        if not folder.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            os.chmod(folder, (0o777 & ~umask) | stat.S_ISGID)
+    cache.root.mkdir(parents=True)
+    os.chmod(cache.root, (0o777 & ~umask) | stat.S_ISGID)

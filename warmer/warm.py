@@ -27,12 +27,11 @@ from warmer.cachedir import CacheDir
 from warmer.counters import FIELDS
 from warmer.errors import WarmError
 from warmer.fingerprint import fingerprint_id, target_fingerprint
-from warmer.locking import target_lock
+from warmer.locking import LockPolicy, target_lock
 from warmer.plans import DatasetPlans, Target
 from warmer.replay import PROGRESS_PREFIX
 
 Reporter = Callable[[str], None]
-DEFAULT_WAIT_TIMEOUT = 7200.0
 
 
 @dataclass
@@ -132,14 +131,14 @@ def _relay(process: subprocess.Popen[str], log: TextIO, label: str, report: Repo
 
 
 def warm_target(dp: DatasetPlans, target: Target, cache: CacheDir, report: Reporter,
-                wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> WarmOutcome:
+                lock: LockPolicy = LockPolicy()) -> WarmOutcome:  # noqa: B008 (frozen)
     """Warm one single-GPU target (see `warm_group`)."""
-    (outcome,) = warm_group(dp, [target], cache, report, wait_timeout)
+    (outcome,) = warm_group(dp, [target], cache, report, lock)
     return outcome
 
 
 def warm_group(dp: DatasetPlans, group: list[Target], cache: CacheDir, report: Reporter,
-               wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> list[WarmOutcome]:
+               lock: LockPolicy = LockPolicy()) -> list[WarmOutcome]:  # noqa: B008 (frozen)
     """Warm one target, or all ranks of one DDP run together, under their locks (taken in rank order).
 
     A second warmer waits, then finds the manifests and only verifies."""
@@ -148,7 +147,7 @@ def warm_group(dp: DatasetPlans, group: list[Target], cache: CacheDir, report: R
     with contextlib.ExitStack() as locks:
         for target, fp_id in zip(group, ids, strict=True):
             lock_path = publish.target_folder(cache, target, cache.locks) / f"{fp_id}.lock"
-            locks.enter_context(target_lock(lock_path, wait_timeout, report))
+            locks.enter_context(target_lock(lock_path, lock, report))
         outcomes = _warm_locked(group, cache, report, fingerprints, ids)
     for outcome in outcomes:
         if outcome.state != "no-compile":
