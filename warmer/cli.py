@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import json
 import os
@@ -15,7 +16,7 @@ from typing import Any
 
 from warmer import CPU_TRAINERS_DIR
 from warmer.cachedir import CacheDir, default_cache_dir
-from warmer.compat import check_nnunet_version
+from warmer.compat import check_versions
 from warmer.errors import UserError, WarmError
 from warmer.locking import DEFAULT_LEASE_SECONDS, DEFAULT_WAIT_TIMEOUT, LOCK_KINDS, LockPolicy
 from warmer.profiles import PROFILES, profile_environment
@@ -66,7 +67,7 @@ def ddp_devices(num_gpus: int, requested: str, dry_run: bool) -> list[str]:
 def _targets(args: argparse.Namespace, dry_run: bool = False) -> tuple[Any, list[Any]]:
     from warmer.plans import build_targets, find_trainer_class, load_plans, resolve_configurations
 
-    check_nnunet_version()
+    check_versions()
     dp = load_plans(args.d, args.p)
     configurations = resolve_configurations(dp, args.c)
     find_trainer_class(args.tr)
@@ -218,7 +219,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from warmer.demo import run_demo
 
-    check_nnunet_version()
+    check_versions()
     return run_demo(Path(args.workdir), args.c, args.json)
 
 
@@ -330,3 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `nnunet-warmer list | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        _stderr(f"nnunet-warmer: error: {e.strerror}{where}; the partial write was removed: free space on "
+                f"that file system (or raise the quota) or pass another --cache-dir")
+        return 2
