@@ -8,6 +8,7 @@ the warm give misses, explained by the fingerprint part that differs, so the che
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,32 @@ def test_real_training_misses_nothing(planned, warmed, tmp_path, configuration: 
     # the default profile is plain nnU-Net: automatic dynamic shapes make symbolic-shape graphs (the dice loss
     # over the deep-supervision scales); the static profile test in test_variants shows zero
     assert summary["symbols"] > 0, summary
+
+
+def test_damaged_entries_are_named_then_repaired_and_training_misses_nothing(planned, warmed, tmp_path) -> None:
+    """Every FX entry of a copy of the warmed cache truncated: `check` names them, `status` is not warm, `warm`
+    quarantines them and compiles again, and the real training misses nothing."""
+    cache, _ = warmed
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    fx_entries = [p for p in (copy / "inductor" / "fxgraph").rglob("*") if p.is_file()]
+    for entry in fx_entries:
+        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    check = cli("check", "--cache-dir", str(copy), "--json", env=_env(planned))
+    assert check.returncode == 1, check.stderr
+    assert {str(p) for p in fx_entries} <= {d["path"] for d in json.loads(check.stdout)["damaged"]}
+    target = ["-d", "990", "-c", "2d", "-tr", CPU_TRAINER, "--device", "cpu", "--cache-dir", str(copy)]
+    status = cli("status", *target, env=_env(planned))
+    assert status.returncode == 1 and status.stdout.startswith("damaged"), status.stdout
+
+    repaired = cli("warm", *target, "--json", env=_env(planned))
+    assert repaired.returncode == 0, repaired.stderr[-3000:]
+    assert "damaged cache entries to" in repaired.stderr
+    (report,) = json.loads(repaired.stdout)["targets"]
+    assert report["state"] == "warm" and report["verify"]["counters"]["fx_miss"] == 0
+    assert cli("status", *target, env=_env(planned)).returncode == 0
+    summary = _train_under_run(planned, copy, "2d", tmp_path)
+    assert summary["fx_miss"] == 0 and summary["aot_miss"] == 0 and summary["fx_hit"] > 0, summary
 
 
 def test_stats_sum_the_warms_and_runs(planned, warmed) -> None:

@@ -194,6 +194,23 @@ def _parse_since(value: str) -> float:
                         f"fix --since") from None
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from warmer.integrity import damaged_entries
+
+    cache = CacheDir(Path(args.cache_dir))
+    if not cache.root.is_dir():
+        raise UserError(f"cache dir {cache.root} does not exist: pass the --cache-dir you warmed")
+    damaged = damaged_entries(cache)
+    if args.json:
+        _emit_json({"cache_dir": str(cache.root), "damaged": damaged})
+    else:
+        for item in damaged:
+            print(f"damaged  {item['path']}: {item['problem']}")
+        print(f"{len(damaged)} damaged entries" + (": `nnunet-warmer warm` for the affected targets moves them "
+                                                   "to quarantine/ and compiles them again" if damaged else ""))
+    return 1 if damaged else 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from warmer import ledger, stats
 
@@ -297,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("check", help="find damaged cache entries without compiling; exit 1 if any")
+    _add_cache_option(p, loads_code=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check)
     p = sub.add_parser("stats", help="hits, misses, compile seconds and seconds saved, from the ledger")
     _add_cache_option(p, loads_code=False)
     p.add_argument("--since", help="only records from this date (ISO) or epoch second on (default: last --zero)")

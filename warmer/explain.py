@@ -38,6 +38,8 @@ def explain_misses(cache: CacheDir, target: dict[str, str], summary: dict[str, A
                                "--cache-dir", str(cache.root)])
     if status["state"] == "cold":
         return f"the cache was cold for {resolved.label} ({misses} misses): warm it with: {warm_command}"
+    if status["state"] == "damaged":
+        return f"{misses} misses: {status['differences'][0]}: {warm_command}"
     if status["state"] == "warm":
         return (f"{misses} misses although the manifest's fingerprint matches this environment: rerun with "
                 f"TORCH_LOGS=+inductor in both the warmer and the job and diff the cache key components")

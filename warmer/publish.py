@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from warmer.cachedir import CacheDir
+from warmer.integrity import entry_checksums
 from warmer.plans import Target
 
 MANIFEST_VERSION = 1
@@ -65,6 +66,7 @@ def write_manifest(cache: CacheDir, target: Target, fingerprint: dict[str, str],
         "warmed_at": (previous or {}).get("warmed_at", now) if cold is None else now,
         "verified_at": now,
         "host": socket.gethostname(),
+        "entries": entry_checksums(cache),
     }
     path = manifest_path(cache, target, fingerprint_id)
     atomic_write_json(path, manifest)

@@ -1,15 +1,16 @@
 """Stage 4's reader: is each target warm for *this* environment? What a scheduler asks before training.
 
-warm  - a manifest verified under exactly this fingerprint exists
-stale - manifests exist, but for another fingerprint: the differing parts are named
-cold  - no manifest for this target
+warm    - a manifest verified under exactly this fingerprint exists, and its entries match their checksums
+damaged - that manifest exists, but entries it lists are missing or altered (`warm` repairs them)
+stale   - manifests exist, but for another fingerprint: the differing parts are named
+cold    - no manifest for this target
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from warmer import publish
+from warmer import integrity, publish
 from warmer.cachedir import CacheDir
 from warmer.fingerprint import differences, fingerprint_id, target_fingerprint
 from warmer.plans import DatasetPlans, Target
@@ -21,7 +22,12 @@ def target_status(dp: DatasetPlans, target: Target, cache: CacheDir) -> dict[str
     manifests = publish.read_manifests(cache, target)
     record: dict[str, Any] = {"target": target.to_dict(), "label": target.label, "fingerprint_id": fp_id}
     match = publish.matching_manifest(manifests, fingerprint, fp_id)
-    if match is not None:
+    broken = integrity.manifest_damage(cache, match) if match is not None else []
+    if match is not None and broken:
+        record.update(state="damaged", manifest=match["_path"],
+                      differences=[f"{len(broken)} cache entries missing or altered since the verify, e.g. "
+                                   f"{broken[0]}: warm again to repair"])
+    elif match is not None:
         record.update(state="warm", manifest=match["_path"], verified_at=match.get("verified_at"),
                       differences=[])
     elif manifests:
@@ -34,9 +40,9 @@ def target_status(dp: DatasetPlans, target: Target, cache: CacheDir) -> dict[str
 
 
 def describe(record: dict[str, Any]) -> str:
-    line = f"{record['state']:5}  {record['label']}  batch {record['target']['batch_per_rank']} on " \
+    line = f"{record['state']:7}  {record['label']}  batch {record['target']['batch_per_rank']} on " \
            f"{record['target']['device']}"
-    if record["state"] == "stale":
+    if record["state"] in ("stale", "damaged"):
         line += "  (" + "; ".join(record["differences"]) + ")"
         if any(d.startswith("automatic_dynamic_shapes:") for d in record["differences"]):
             line += "  [warmed under the other --shapes profile: warm and train with the same one]"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from warmer import ledger, publish, verify
+from warmer import integrity, ledger, publish, verify
 from warmer.cachedir import CacheDir
 from warmer.counters import FIELDS
 from warmer.errors import WarmError
@@ -157,6 +157,10 @@ def warm_group(dp: DatasetPlans, group: list[Target], cache: CacheDir, report: R
 
 def _warm_locked(group: list[Target], cache: CacheDir, report: Reporter, fingerprints: list[dict[str, str]],
                  ids: list[str]) -> list[WarmOutcome]:
+    damaged = integrity.damaged_entries(cache)
+    moved = integrity.quarantine(cache, damaged)
+    if moved is not None:
+        report(f"moved {len(damaged)} damaged cache entries to {moved}; they will be compiled again")
     existing = [publish.matching_manifest(publish.read_manifests(cache, target), fingerprint, fp_id)
                 for target, fingerprint, fp_id in zip(group, fingerprints, ids, strict=True)]
     if all(manifest is not None for manifest in existing):

@@ -1,0 +1,96 @@
+"""Find damaged cache entries without compiling, and move them out of the way before a warm repairs them.
+
+Every manifest records the size and SHA-256 of each file under `inductor/` when it was published (torch's
+own lock files aside). `check` compares them with what is there now: a truncated or garbled FX entry,
+AOTAutograd entry, kernel `.so`, generated code or Triton file no longer matches, and a garbled manifest
+does not parse. `warm` moves damaged entries to `quarantine/` first, so its re-verify misses and it
+compiles them again; training jobs then load only entries a verify has seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from warmer.cachedir import CacheDir
+
+_SKIPPED_SUFFIXES = (".lock", ".tmp")
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return f"{path.stat().st_size}:{sha.hexdigest()}"
+
+
+def entry_checksums(cache: CacheDir) -> dict[str, str]:
+    """Size and SHA-256 of every cache entry, keyed by its path relative to the cache dir."""
+    sums = {}
+    locks = cache.inductor / "locks"
+    for folder, dirs, files in os.walk(cache.inductor):
+        if Path(folder) == cache.inductor and "locks" in dirs:
+            dirs.remove("locks")
+        for name in files:
+            path = Path(folder) / name
+            if name.endswith(_SKIPPED_SUFFIXES) or locks in path.parents:
+                continue
+            try:
+                sums[str(path.relative_to(cache.root))] = _digest(path)
+            except FileNotFoundError:  # replaced by another writer meanwhile
+                continue
+    return sums
+
+
+def manifest_damage(cache: CacheDir, manifest: dict[str, Any]) -> list[str]:
+    """The entries of one manifest that are missing or no longer match their checksum."""
+    damaged = []
+    for relative, expected in dict(manifest.get("entries") or {}).items():
+        path = cache.root / relative
+        if not path.exists() or _digest(path) != expected:
+            damaged.append(str(path))
+    return damaged
+
+
+def damaged_entries(cache: CacheDir) -> list[dict[str, str]]:
+    """Each damaged file once, as {"path", "problem"}, and every manifest that lists one (its target is no
+    longer proven warm); empty when every manifest's entries are intact."""
+    found: dict[str, str] = {}
+    manifests: dict[Path, dict[str, str]] = {}
+    for manifest_path in sorted(cache.manifests.rglob("*.json")) if cache.manifests.is_dir() else []:
+        try:
+            manifests[manifest_path] = dict(json.loads(manifest_path.read_text()).get("entries") or {})
+        except (OSError, ValueError, TypeError, AttributeError):
+            found[str(manifest_path)] = "manifest does not parse"
+    for manifest_path, entries in manifests.items():
+        for relative, expected in entries.items():
+            path = cache.root / relative
+            if str(path) not in found and not path.exists():
+                found[str(path)] = f"missing (listed by {manifest_path.name})"
+            elif str(path) not in found and _digest(path) != expected:
+                found[str(path)] = f"size or checksum differs from {manifest_path.name} (truncated or garbled)"
+    damaged = {str(Path(p).relative_to(cache.root)) for p in found}
+    for manifest_path, entries in manifests.items():
+        if damaged & set(entries):
+            found[str(manifest_path)] = "lists damaged entries: its target is no longer proven warm"
+    return [{"path": path, "problem": problem} for path, problem in found.items()]
+
+
+def quarantine(cache: CacheDir, damaged: list[dict[str, str]]) -> Path | None:
+    """Move the damaged files that exist under quarantine/<time>/, keeping their paths; None if none moved."""
+    target = cache.root / "quarantine" / time.strftime("%Y%m%dT%H%M%S")
+    moved = False
+    for item in damaged:
+        path = Path(item["path"])
+        if not path.exists():
+            continue
+        destination = target / path.relative_to(cache.root)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, destination)
+        moved = True
+    return target if moved else None
