@@ -18,40 +18,37 @@ TORCH_OLDEST, TORCH_NEWEST = (2, 7), (2, 14)
 TORCH_PIP = "pip install 'torch>=2.7,<2.15'"
 
 
-def check_nnunet_version(version: str | None = None) -> str:
-    """Return the installed nnunetv2 version, or raise a UserError when it is missing or unsupported."""
+def _supported_version(package: str, version: str | None, oldest: tuple[int, int], newest: tuple[int, int],
+                       pip: str, not_installed: str, not_supported: str) -> str:
+    """The installed (or given) version of `package`; a one-line UserError when it is missing, unreadable or
+    outside oldest..newest (major, minor)."""
     if version is None:
         try:
-            version = metadata.version("nnunetv2")
+            version = metadata.version(package)
         except metadata.PackageNotFoundError:
-            raise UserError(f"nnunetv2 is not installed: pip install 'nnunetv2>=2.6,<2.9' ({SUPPORTED_TEXT})") from None
-    parts = version.split(".")
-    try:
-        major_minor = (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0)
-    except ValueError:
-        raise UserError(f"cannot read the nnunetv2 version '{version}': install a release, "
-                        f"pip install 'nnunetv2>=2.6,<2.9'") from None
-    if not OLDEST_SUPPORTED <= major_minor <= NEWEST_SUPPORTED:
-        raise UserError(f"nnunetv2 {version} is not supported (the warmer replays {SUPPORTED_TEXT}): "
-                        f"pip install 'nnunetv2>=2.6,<2.9'")
-    return version
-
-
-def check_torch_version(version: str | None = None) -> str:
-    """Return the installed torch version, or raise a UserError when it is outside the supported range."""
-    if version is None:
-        try:
-            version = metadata.version("torch")
-        except metadata.PackageNotFoundError:
-            raise UserError(f"torch is not installed: {TORCH_PIP}") from None
+            raise UserError(not_installed) from None
     parts = version.split("+")[0].split(".")
     try:
         major_minor = (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0)
     except ValueError:
-        raise UserError(f"cannot read the torch version '{version}': install a release, {TORCH_PIP}") from None
-    if not TORCH_OLDEST <= major_minor <= TORCH_NEWEST:
-        raise UserError(f"torch {version} is not supported (the warmer is tested on torch 2.7 to 2.14): {TORCH_PIP}")
+        raise UserError(f"cannot read the {package} version '{version}': install a release, {pip}") from None
+    if not oldest <= major_minor <= newest:
+        raise UserError(f"{package} {version} is not supported ({not_supported}): {pip}")
     return version
+
+
+def check_nnunet_version(version: str | None = None) -> str:
+    """Return the installed nnunetv2 version, or raise a UserError when it is missing or unsupported."""
+    pip = "pip install 'nnunetv2>=2.6,<2.9'"
+    return _supported_version("nnunetv2", version, OLDEST_SUPPORTED, NEWEST_SUPPORTED, pip,
+                              f"nnunetv2 is not installed: {pip} ({SUPPORTED_TEXT})",
+                              f"the warmer replays {SUPPORTED_TEXT}")
+
+
+def check_torch_version(version: str | None = None) -> str:
+    """Return the installed torch version, or raise a UserError when it is outside the supported range."""
+    return _supported_version("torch", version, TORCH_OLDEST, TORCH_NEWEST, TORCH_PIP,
+                              f"torch is not installed: {TORCH_PIP}", "the warmer is tested on torch 2.7 to 2.14")
 
 
 def check_versions() -> None:
