@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -21,16 +20,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from warmer.cli import main
+from warmer.warm import free_local_port
 
 from .conftest import CPU_TRAINER, cli
 
 DDP_TRAIN = Path(__file__).parent / "ddp_cpu_train.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _nnunet_batch_of_rank(rank: int, world_size: int, port: int, env: dict[str, str], shares: dict) -> None:
@@ -58,7 +52,7 @@ def test_listed_rank_batches_match_nnunet_split(nnunet_env, capsys, tmp_path) ->
            "nnUNet_results": str(tmp_path / "results")}
     with mp.Manager() as manager:
         shares = manager.dict()
-        mp.spawn(_nnunet_batch_of_rank, args=(world_size, _free_port(), env, shares), nprocs=world_size)
+        mp.spawn(_nnunet_batch_of_rank, args=(world_size, free_local_port(), env, shares), nprocs=world_size)
         nnunet = [shares[r] for r in range(world_size)]
     assert [t["target"]["batch_per_rank"] for t in listed] == nnunet
     assert sum(nnunet) > world_size and len(set(nnunet)) > 1, "choose a world size that splits the batch unevenly"

@@ -47,14 +47,22 @@ def entry_checksums(cache: CacheDir) -> dict[str, str]:
     return sums
 
 
+def _entry_problem(cache: CacheDir, relative: str, expected: str, digests: dict[str, str]) -> str | None:
+    """"missing", "altered" or None for one listed entry; `digests` keeps each file's hash for the next
+    manifest that lists it (every manifest lists the whole tree)."""
+    path = cache.root / relative
+    if not path.exists():
+        return "missing"
+    if relative not in digests:
+        digests[relative] = _digest(path)
+    return "altered" if digests[relative] != expected else None
+
+
 def manifest_damage(cache: CacheDir, manifest: dict[str, Any]) -> list[str]:
     """The entries of one manifest that are missing or no longer match their checksum."""
-    damaged = []
-    for relative, expected in dict(manifest.get("entries") or {}).items():
-        path = cache.root / relative
-        if not path.exists() or _digest(path) != expected:
-            damaged.append(str(path))
-    return damaged
+    digests: dict[str, str] = {}
+    return [str(cache.root / relative) for relative, expected in dict(manifest.get("entries") or {}).items()
+            if _entry_problem(cache, relative, expected, digests)]
 
 
 def damaged_entries(cache: CacheDir) -> list[dict[str, str]]:
@@ -67,13 +75,15 @@ def damaged_entries(cache: CacheDir) -> list[dict[str, str]]:
             manifests[manifest_path] = dict(json.loads(manifest_path.read_text()).get("entries") or {})
         except (OSError, ValueError, TypeError, AttributeError):
             found[str(manifest_path)] = "manifest does not parse"
+    digests: dict[str, str] = {}
     for manifest_path, entries in manifests.items():
         for relative, expected in entries.items():
-            path = cache.root / relative
-            if str(path) not in found and not path.exists():
-                found[str(path)] = f"missing (listed by {manifest_path.name})"
-            elif str(path) not in found and _digest(path) != expected:
-                found[str(path)] = f"size or checksum differs from {manifest_path.name} (truncated or garbled)"
+            path = str(cache.root / relative)
+            problem = None if path in found else _entry_problem(cache, relative, expected, digests)
+            if problem == "missing":
+                found[path] = f"missing (listed by {manifest_path.name})"
+            elif problem == "altered":
+                found[path] = f"size or checksum differs from {manifest_path.name} (truncated or garbled)"
     damaged = {str(Path(p).relative_to(cache.root)) for p in found}
     for manifest_path, entries in manifests.items():
         if damaged & set(entries):

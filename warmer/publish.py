@@ -53,7 +53,9 @@ def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
 
 def write_manifest(cache: CacheDir, target: Target, fingerprint: dict[str, str], fingerprint_id: str,
                    cold: dict[str, Any] | None, verify: dict[str, Any],
-                   previous: dict[str, Any] | None = None) -> Path:
+                   previous: dict[str, Any] | None = None, entries: dict[str, str] | None = None) -> Path:
+    """Publish a verified target; `entries` are the cache's checksums when the caller already has them (one
+    pass over the tree serves every rank of a DDP group)."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     cold_record = cold if cold is not None else (previous or {}).get("cold")
     manifest = {
@@ -66,7 +68,7 @@ def write_manifest(cache: CacheDir, target: Target, fingerprint: dict[str, str],
         "warmed_at": (previous or {}).get("warmed_at", now) if cold is None else now,
         "verified_at": now,
         "host": socket.gethostname(),
-        "entries": entry_checksums(cache),
+        "entries": entry_checksums(cache) if entries is None else entries,
     }
     path = manifest_path(cache, target, fingerprint_id)
     atomic_write_json(path, manifest)

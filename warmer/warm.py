@@ -69,7 +69,8 @@ def run_replay(target: Target, cache: CacheDir, step: str, report: Reporter,
     return result
 
 
-def _free_port() -> int:
+def free_local_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a process group's rendezvous."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -83,7 +84,7 @@ def run_replays(targets: list[Target], cache: CacheDir, step: str, report: Repor
     When one rank fails the others would wait for it in a collective forever, so they are stopped."""
     env = {**os.environ, **cache.torch_environment(), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     if len(targets) > 1:
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_local_port()))
     runs = []
     for target in targets:
         scratch = Path(tempfile.mkdtemp(prefix="nnunet-warmer-"))
@@ -167,10 +168,11 @@ def _warm_locked(group: list[Target], cache: CacheDir, report: Reporter, fingerp
         checks = run_replays(group, cache, "re-verify", report)
         if not any(verify.problems(check["counters"], target.world_size > 1)
                    for target, check in zip(group, checks, strict=True)):
+            entries = integrity.entry_checksums(cache)
             return [WarmOutcome(target, "already-warm", "already warm, verified again from a fresh process",
                                 manifest.get("cold"), check,
                                 str(publish.write_manifest(cache, target, fingerprint, fp_id, None, check,
-                                                           previous=manifest)))
+                                                           previous=manifest, entries=entries)))
                     for target, fingerprint, fp_id, manifest, check
                     in zip(group, fingerprints, ids, existing, checks, strict=True)]
         report("re-verify: the cache no longer hits; compiling again")
@@ -191,9 +193,9 @@ def _warm_locked(group: list[Target], cache: CacheDir, report: Reporter, fingerp
         if found:
             raise WarmError(f"{target.label}: verification from a fresh process saw {', '.join(found)}; "
                             f"nothing was published (rerun with TORCH_LOGS=+inductor to see the cache keys)")
-    outcomes = []
+    outcomes, entries = [], integrity.entry_checksums(cache)
     for target, fingerprint, fp_id, cold, check in zip(group, fingerprints, ids, colds, checks, strict=True):
-        path = publish.write_manifest(cache, target, fingerprint, fp_id, cold, check)
+        path = publish.write_manifest(cache, target, fingerprint, fp_id, cold, check, entries=entries)
         outcomes.append(WarmOutcome(target, "warm", f"warm: cold {sum(cold['phases'].values()):.1f} s -> verified "
                                     f"{sum(check['phases'].values()):.1f} s ({verify.speedup(cold, check)}x)",
                                     cold, check, str(path)))
