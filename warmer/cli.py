@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import itertools
 import json
@@ -332,6 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def entry() -> None:
+    """The installed `nnunet-warmer` command: `main`, then exit without unloading nnU-Net and torch (a second
+    of teardown per call, a scheduler's `status` gate included); what the command wrote is closed by then."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BrokenPipeError):
+            stream.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
