@@ -16,6 +16,29 @@ from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, plan_and_preproces
 CPU_TRAINER = "nnUNetTrainerCPUCompile_2it"
 BIN = Path(sys.executable).parent
 TEST_TRAINERS_DIR = Path(__file__).parent / "trainers"
+CONCURRENT_WARMERS = 4
+CONCURRENT_CONFIGURATION = "2d"
+
+
+def job_env(paths: NnunetPaths, **extra: str) -> dict[str, str]:
+    """What a warmer or training process of the tests needs besides our environment: the datasets, and the CPU
+    trainers (the warmer's and the tests' own)."""
+    return {**paths.environment(),
+            "nnUNet_extTrainer": os.pathsep.join([str(CPU_TRAINERS_DIR), str(TEST_TRAINERS_DIR)]), **extra}
+
+
+def warm_command(cache: Path, configuration: str, *extra: str) -> list[str]:
+    """`nnunet-warmer warm` of one Dataset990 configuration on the CPU test trainer."""
+    return [str(BIN / "nnunet-warmer"), "warm", "-d", "990", "-c", configuration, "-tr", CPU_TRAINER,
+            "--device", "cpu", "--cache-dir", str(cache), *extra]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One nnU-Net data-augmentation worker and one export worker in every training the tests start. nnU-Net's
+    defaults (up to 12 and 8 spawned workers, each importing torch) cost about 25 s per training on 2 cores and
+    change no compiled graph: they feed and write data, the main process compiles."""
+    os.environ.setdefault("nnUNet_n_proc_DA", "1")
+    os.environ.setdefault("nnUNet_def_n_proc", "1")
 
 
 def pytest_report_header() -> str:
@@ -38,6 +61,21 @@ def e2e_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     """One shared cache for the end-to-end tests, and the warm report of each Dataset990 configuration
     warmed into it so far (see test_end_to_end's `warmed`)."""
     return tmp_path_factory.mktemp("shared") / "torch-cache", {}
+
+
+@pytest.fixture(scope="session")
+def concurrently_warmed(planned: NnunetPaths, tmp_path_factory: pytest.TempPathFactory
+                        ) -> tuple[Path, list[tuple[int, str, str]]]:
+    """Dataset990 2d warmed by 4 `nnunet-warmer warm` processes started at once into one new cache:
+    the cache, and each process's (exit code, stdout, stderr). The concurrency test checks the outcome; the
+    fault-injection test starts its trials from copies of this cache, so it pays no cold compile of its own."""
+    cache = tmp_path_factory.mktemp("concurrent") / "shared-cache"
+    env = {**os.environ, **job_env(planned)}
+    processes = [subprocess.Popen(warm_command(cache, CONCURRENT_CONFIGURATION, "--json"), env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(CONCURRENT_WARMERS)]
+    outputs = [p.communicate(timeout=1200) for p in processes]
+    return cache, [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs, strict=True)]
 
 
 @pytest.fixture

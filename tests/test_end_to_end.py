@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from warmer import CPU_TRAINERS_DIR
 from warmer.cachedir import CacheDir
 from warmer.explain import explain_misses
 
-from .conftest import BIN, CPU_TRAINER, cli
+from .conftest import BIN, CPU_TRAINER, cli, job_env
 
 pytestmark = pytest.mark.e2e
 CONFIGURATIONS = ["2d", "3d_fullres"]
@@ -33,21 +32,17 @@ def warmed(planned, e2e_cache, request) -> tuple[Path, list[dict]]:
     missing = [c for c in needed if c not in reports]
     if missing:
         result = cli("warm", "-d", "990", "-c", *missing, "-tr", CPU_TRAINER, "--device", "cpu",
-                     "--cache-dir", str(cache), "--json", env=_env(planned))
+                     "--cache-dir", str(cache), "--json", env=job_env(planned))
         assert result.returncode == 0, result.stderr[-3000:]
         for report in json.loads(result.stdout)["targets"]:
             reports[report["target"]["configuration"]] = report
     return cache, [reports[c] for c in needed]
 
 
-def _env(planned) -> dict[str, str]:
-    return {**planned.environment(), "nnUNet_extTrainer": str(CPU_TRAINERS_DIR)}
-
-
 def _train_under_run(planned, cache: Path, configuration: str, tmp_path: Path, plans: str = "nnUNetPlans",
                      env: dict[str, str] | None = None) -> dict:
     summary_file = tmp_path / f"run-{configuration}.json"
-    env = {**(env or _env(planned)), "nnUNet_results": str(tmp_path / "results")}
+    env = {**(env or job_env(planned)), "nnUNet_results": str(tmp_path / "results")}
     result = cli("run", "--cache-dir", str(cache), "--json", str(summary_file), "--",
                  str(BIN / "nnUNetv2_train"), "990", configuration, "0", "-tr", CPU_TRAINER, "-p", plans,
                  "-device", "cpu", env=env)
@@ -70,7 +65,7 @@ def test_warm_verifies_every_target(warmed) -> None:
 def test_status_is_warm_and_exits_0(planned, warmed) -> None:
     cache, _ = warmed
     result = cli("status", "-d", "990", "-c", *CONFIGURATIONS, "-tr", CPU_TRAINER, "--device", "cpu",
-                 "--cache-dir", str(cache), "--json", env=_env(planned))
+                 "--cache-dir", str(cache), "--json", env=job_env(planned))
     assert result.returncode == 0, result.stdout + result.stderr
     assert [t["state"] for t in json.loads(result.stdout)["targets"]] == ["warm", "warm"]
 
@@ -78,7 +73,7 @@ def test_status_is_warm_and_exits_0(planned, warmed) -> None:
 def test_status_names_the_fingerprint_part_that_differs(planned, warmed) -> None:
     cache, _ = warmed
     result = cli("status", "-d", "990", "-c", "3d_fullres", "-tr", CPU_TRAINER, "--device", "cpu",
-                 "--cache-dir", str(cache), env={**_env(planned), "TORCH_COMPILE_CACHE_KEY_TAG": "other"})
+                 "--cache-dir", str(cache), env={**job_env(planned), "TORCH_COMPILE_CACHE_KEY_TAG": "other"})
     assert result.returncode == 1
     assert result.stdout.startswith("stale") and "cache_key_tag" in result.stdout
 
@@ -94,35 +89,46 @@ def test_real_training_misses_nothing(planned, warmed, tmp_path, configuration: 
     assert summary["symbols"] > 0, summary
 
 
-def test_damaged_entries_are_named_then_repaired_and_training_misses_nothing(planned, warmed, tmp_path) -> None:
-    """Every FX entry of a copy of the warmed cache truncated: `check` names them, `status` is not warm, `warm`
-    quarantines them and compiles again, and the real training misses nothing."""
+def test_damage_is_named_survived_by_training_then_repaired(planned, warmed, tmp_path) -> None:
+    """A copy of the warmed cache with every FX entry truncated and every generated Python file garbled (torch
+    crashes a job that imports one): `check` names them and `status` says damaged; a real training job started
+    before anyone repaired it exits 0, because `run` sets the damage aside first; `warm` then re-warms, and the
+    next training misses nothing."""
     cache, _ = warmed
     copy = tmp_path / "cache"
     shutil.copytree(cache, copy)
     fx_entries = [p for p in (copy / "inductor" / "fxgraph").rglob("*") if p.is_file()]
     for entry in fx_entries:
         entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
-    check = cli("check", "--cache-dir", str(copy), "--json", env=_env(planned))
+    generated = list((copy / "inductor").rglob("*.py"))
+    for code in generated:
+        code.write_bytes(b"\x1b" + code.read_bytes())
+    check = cli("check", "--cache-dir", str(copy), "--json", env=job_env(planned))
     assert check.returncode == 1, check.stderr
-    assert {str(p) for p in fx_entries} <= {d["path"] for d in json.loads(check.stdout)["damaged"]}
+    assert {str(p) for p in fx_entries + generated} <= {d["path"] for d in json.loads(check.stdout)["damaged"]}
     target = ["-d", "990", "-c", "2d", "-tr", CPU_TRAINER, "--device", "cpu", "--cache-dir", str(copy)]
-    status = cli("status", *target, env=_env(planned))
+    status = cli("status", *target, env=job_env(planned))
     assert status.returncode == 1 and status.stdout.startswith("damaged"), status.stdout
 
-    repaired = cli("warm", *target, "--json", env=_env(planned))
+    (tmp_path / "unrepaired").mkdir()
+    unrepaired = _train_under_run(planned, copy, "2d", tmp_path / "unrepaired")
+    assert unrepaired["fx_miss"] > 0, unrepaired  # it compiled what was set aside
+    moved = list((copy / "quarantine").rglob("*"))
+    assert {p.name for p in fx_entries + generated} <= {p.name for p in moved}
+    assert not any(p.exists() and p.read_bytes().startswith(b"\x1b") for p in generated)
+
+    repaired = cli("warm", *target, "--json", env=job_env(planned))
     assert repaired.returncode == 0, repaired.stderr[-3000:]
-    assert "damaged cache entries to" in repaired.stderr
     (report,) = json.loads(repaired.stdout)["targets"]
     assert report["state"] == "warm" and report["verify"]["counters"]["fx_miss"] == 0
-    assert cli("status", *target, env=_env(planned)).returncode == 0
+    assert cli("status", *target, env=job_env(planned)).returncode == 0
     summary = _train_under_run(planned, copy, "2d", tmp_path)
     assert summary["fx_miss"] == 0 and summary["aot_miss"] == 0 and summary["fx_hit"] > 0, summary
 
 
 def test_stats_sum_the_warms_and_runs(planned, warmed) -> None:
     cache, _ = warmed
-    result = cli("stats", "--cache-dir", str(cache), "--json", env=_env(planned))
+    result = cli("stats", "--cache-dir", str(cache), "--json", env=job_env(planned))
     assert result.returncode == 0, result.stderr
     totals = json.loads(result.stdout)["totals"]
     assert totals["warms"] == 2 and totals["runs"] == len(CONFIGURATIONS)
@@ -138,12 +144,12 @@ def test_run_with_another_batch_size_names_it(planned, warmed, tmp_path) -> None
     plans["plans_name"] = "nnUNetPlansBS"
     (folder / "nnUNetPlansBS.json").write_text(json.dumps(plans))
     result = cli("warm", "-d", "990", "-c", "3d_fullres", "-p", "nnUNetPlansBS", "-tr", CPU_TRAINER,
-                 "--device", "cpu", "--cache-dir", str(cache), env=_env(planned))
+                 "--device", "cpu", "--cache-dir", str(cache), env=job_env(planned))
     assert result.returncode == 0, result.stderr[-3000:]
     plans["configurations"]["3d_fullres"]["batch_size"] = 3
     (folder / "nnUNetPlansBS.json").write_text(json.dumps(plans))
     status = cli("status", "-d", "990", "-c", "3d_fullres", "-p", "nnUNetPlansBS", "-tr", CPU_TRAINER,
-                 "--device", "cpu", "--cache-dir", str(cache), env=_env(planned))
+                 "--device", "cpu", "--cache-dir", str(cache), env=job_env(planned))
     assert status.returncode == 1 and status.stdout.startswith("stale"), status.stdout
     assert "batch_per_rank: 2 (cache) != 3 (here)" in status.stdout
     summary = _train_under_run(planned, cache, "3d_fullres", tmp_path, plans="nnUNetPlansBS")
@@ -165,7 +171,7 @@ def test_misses_without_a_manifest_say_cold_and_how_to_warm(nnunet_env, tmp_path
 
 def test_misses_name_the_fingerprint_part_that_differs(planned, warmed, tmp_path) -> None:
     cache, _ = warmed
-    env = {**_env(planned), "TORCH_COMPILE_CACHE_KEY_TAG": "another-team"}
+    env = {**job_env(planned), "TORCH_COMPILE_CACHE_KEY_TAG": "another-team"}
     summary = _train_under_run(planned, cache, "2d", tmp_path, env=env)
     assert summary["fx_miss"] > 0
     assert "warmed for another environment: cache_key_tag:" in summary["explanation"]

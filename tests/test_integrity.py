@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,8 @@ from warmer.cli import main
 from warmer.integrity import damaged_entries, quarantine
 from warmer.plans import Target
 from warmer.publish import write_manifest
+
+from .conftest import BIN
 
 ENTRIES = {
     "FX entry": "inductor/fxgraph/ab/fabcdef/entry",
@@ -61,6 +68,47 @@ def test_a_garbled_manifest_is_named_and_quarantine_moves_the_damage(published, 
     damaged = damaged_entries(cache)
     assert damaged == [{"path": str(manifest), "problem": "manifest does not parse"}]
     moved = quarantine(cache, damaged)
-    assert moved is not None and not manifest.exists()
-    assert (moved / manifest.relative_to(cache.root)).read_text() == '{"entries": {'
+    assert moved is not None and moved[1] == 1 and not manifest.exists()
+    assert (moved[0] / manifest.relative_to(cache.root)).read_text() == '{"entries": {'
     assert main(["check", "--cache-dir", str(cache.root)]) == 0
+
+
+def test_run_sets_damage_aside_before_the_job_starts(published, capsys) -> None:
+    """A job must never load a garbled entry: `run` quarantines it (and the manifest listing it) first."""
+    cache, manifest = published
+    path = cache.root / ENTRIES["generated code"]
+    path.write_bytes(b"\x1b" + path.read_bytes())
+    job = f"import os, sys; sys.exit(3 if os.path.exists({str(path)!r}) else 0)"
+    assert main(["run", "--cache-dir", str(cache.root), "--", sys.executable, "-c", job]) == 0
+    assert "moved 2 damaged files" in capsys.readouterr().err
+    assert not manifest.exists() and main(["check", "--cache-dir", str(cache.root)]) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to be nobody")
+def test_a_user_who_cannot_move_damage_runs_the_job_on_a_private_cache(tmp_path) -> None:
+    """The team's training user may only read the cache: its job compiles into an empty private cache instead
+    of loading damaged entries, and the shared cache stays as it was (its owner repairs it)."""
+    shared = Path(tempfile.mkdtemp(prefix="nnunet-warmer-readonly-"))  # tmp_path is private to root
+    try:
+        os.chmod(shared, 0o755)
+        cache = CacheDir(shared / "cache")
+        path = cache.root / ENTRIES["generated code"]
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"original")
+        target = Target("Dataset990_WarmerDemo", "nnUNetPlans", "2d", "nnUNetTrainerCPUCompile_2it", "cpu", 10)
+        write_manifest(cache, target, {"device": "cpu"}, "fp", None, {"counters": {}})
+        path.write_bytes(b"garbled")
+        for folder, _, files in os.walk(shared):
+            os.chmod(folder, 0o755)
+            for name in files:
+                os.chmod(Path(folder) / name, 0o644)
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 str(BIN / "nnunet-warmer"), "run", "--cache-dir", str(cache.root), "--",
+                                 "sh", "-c", 'echo "$TORCHINDUCTOR_CACHE_DIR"'], capture_output=True, text=True,
+                                timeout=300, cwd=shared, env={**os.environ, "HOME": str(shared)})
+        assert result.returncode == 0, result.stderr
+        assert "cannot move them to quarantine" in result.stderr
+        assert "nnunet-warmer-private-cache-" in result.stdout and str(cache.root) not in result.stdout
+        assert path.read_bytes() == b"garbled" and not (cache.root / "quarantine").exists()
+    finally:
+        shutil.rmtree(shared)

@@ -8,7 +8,6 @@ All of them share the cache that test_end_to_end warmed Dataset990 into, as the 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -16,10 +15,9 @@ import blosc2
 import numpy as np
 import pytest
 
-from warmer import CPU_TRAINERS_DIR
 from warmer.synthetic import NnunetPaths, plan_and_preprocess, write_raw_dataset
 
-from .conftest import BIN, CPU_TRAINER, TEST_TRAINERS_DIR, cli, write_old_format_plans
+from .conftest import BIN, CPU_TRAINER, cli, job_env, write_old_format_plans
 
 pytestmark = pytest.mark.e2e
 
@@ -51,11 +49,6 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("results")
 
 
-def _env(paths: NnunetPaths, results: Path, **extra: str) -> dict[str, str]:
-    return {**paths.environment(), "nnUNet_results": str(results),
-            "nnUNet_extTrainer": os.pathsep.join([str(CPU_TRAINERS_DIR), str(TEST_TRAINERS_DIR)]), **extra}
-
-
 def _warm(env: dict[str, str], cache: Path, dataset: str, configurations: list[str], plans: str, trainer: str,
           *options: str) -> None:
     result = cli("warm", "-d", dataset, "-c", *configurations, "-p", plans, "-tr", trainer, "--device", "cpu",
@@ -83,7 +76,7 @@ def _assert_misses_nothing(summary: dict) -> None:
 
 
 def test_validation_only_and_compiled_predict_miss_nothing(variants, shared_cache, results, tmp_path) -> None:
-    env, plans = _env(variants, results), "nnUNetPlans"
+    env, plans = job_env(variants, nnUNet_results=str(results)), "nnUNetPlans"
     _warm(env, shared_cache, "990", ["3d_fullres"], plans, CPU_TRAINER)
     _assert_misses_nothing(_train(env, shared_cache, tmp_path, "990", "3d_fullres", plans, CPU_TRAINER))
     val = _run(env, shared_cache, tmp_path / "val.json",
@@ -92,7 +85,8 @@ def test_validation_only_and_compiled_predict_miss_nothing(variants, shared_cach
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(variants.raw / "Dataset990_WarmerDemo" / "imagesTr" / "case_000_0000.nii.gz", images)
-    predict = _run(_env(variants, results, nnUNet_compile="1"), shared_cache, tmp_path / "predict.json",
+    predict = _run(job_env(variants, nnUNet_results=str(results), nnUNet_compile="1"), shared_cache,
+                   tmp_path / "predict.json",
                    ["nnUNetv2_predict", "-i", str(images), "-o", str(tmp_path / "predicted"), "-d", "990", "-c",
                     "3d_fullres", "-f", "0", "-tr", CPU_TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"])
     _assert_misses_nothing(predict)
@@ -105,13 +99,13 @@ def test_validation_only_and_compiled_predict_miss_nothing(variants, shared_cach
     pytest.param("990", "nnUNetPlans", "nnUNetTrainerTestCustom", id="custom-loss-optimizer-no-deep-supervision"),
 ])
 def test_variant_training_misses_nothing(variants, shared_cache, results, tmp_path, dataset, plans, trainer) -> None:
-    env = _env(variants, results)
+    env = job_env(variants, nnUNet_results=str(results))
     _warm(env, shared_cache, dataset, ["3d_fullres"], plans, trainer)
     _assert_misses_nothing(_train(env, shared_cache, tmp_path, dataset, "3d_fullres", plans, trainer))
 
 
 def test_cascade_lowres_then_fullres_miss_nothing(variants, shared_cache, results, tmp_path) -> None:
-    env, plans = _env(variants, results), "nnUNetPlansSmall"
+    env, plans = job_env(variants, nnUNet_results=str(results)), "nnUNetPlansSmall"
     _warm(env, shared_cache, "993", ["3d_lowres", "3d_cascade_fullres"], plans, CPU_TRAINER)
     _assert_misses_nothing(_train(env, shared_cache, tmp_path, "993", "3d_lowres", plans, CPU_TRAINER))
     # the cascade reads the lowres predictions of every training case; 5-fold lowres training would make them,
@@ -128,7 +122,7 @@ def test_cascade_lowres_then_fullres_miss_nothing(variants, shared_cache, result
 
 
 def test_static_profile_compiles_no_symbolic_shapes(variants, shared_cache, results, tmp_path) -> None:
-    env = _env(variants, results)
+    env = job_env(variants, nnUNet_results=str(results))
     _warm(env, shared_cache, "990", ["3d_fullres"], "nnUNetPlans", CPU_TRAINER, "--shapes", "static")
     command = ["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", CPU_TRAINER, "-device", "cpu"]
     summary = _run(env, shared_cache, tmp_path / "static.json", command, "--shapes", "static")

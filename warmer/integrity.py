@@ -1,10 +1,11 @@
-"""Find damaged cache entries without compiling, and move them out of the way before a warm repairs them.
+"""Find damaged cache entries without compiling, and move them out of the way before anything loads them.
 
 Every manifest records the size and SHA-256 of each file under `inductor/` when it was published (torch's
 own lock files aside). `check` compares them with what is there now: a truncated or garbled FX entry,
 AOTAutograd entry, kernel `.so`, generated code or Triton file no longer matches, and a garbled manifest
 does not parse. `warm` moves damaged entries to `quarantine/` first, so its re-verify misses and it
-compiles them again; training jobs then load only entries a verify has seen.
+compiles them again; `run` does the same before its job starts (torch crashes a job that imports a garbled
+generated file), so jobs load only entries a verify has seen.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,16 +93,29 @@ def damaged_entries(cache: CacheDir) -> list[dict[str, str]]:
     return [{"path": path, "problem": problem} for path, problem in found.items()]
 
 
-def quarantine(cache: CacheDir, damaged: list[dict[str, str]]) -> Path | None:
-    """Move the damaged files that exist under quarantine/<time>/, keeping their paths; None if none moved."""
+def quarantine(cache: CacheDir, damaged: list[dict[str, str]]) -> tuple[Path, int] | None:
+    """Move the damaged files that exist under quarantine/<time>/, keeping their paths; returns the folder and
+    how many files went there, None if none did. A file another process moved first is skipped."""
     target = cache.root / "quarantine" / time.strftime("%Y%m%dT%H%M%S")
-    moved = False
+    moved = 0
     for item in damaged:
         path = Path(item["path"])
-        if not path.exists():
+        if not path.exists():  # listed but missing: nothing to move
             continue
         destination = target / path.relative_to(cache.root)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, destination)
-        moved = True
-    return target if moved else None
+        try:
+            os.replace(path, destination)
+        except FileNotFoundError:
+            continue
+        moved += 1
+    return (target, moved) if moved else None
+
+
+def set_aside(cache: CacheDir, report: Callable[[str], None]) -> None:
+    """Quarantine what `damaged_entries` finds, so nothing loads it again, and say what moved where."""
+    moved = quarantine(cache, damaged_entries(cache))
+    if moved is not None:
+        folder, count = moved
+        report(f"moved {count} damaged files (cache entries and the manifests that list them) to {folder}; "
+               f"they will be compiled again")

@@ -1,7 +1,9 @@
 """Stage 5: run any command (nnUNetv2_train, nnUNetv2_predict) on the cache and report what torch compiled.
 
 The command gets the cache environment plus the hooks on PYTHONPATH; each of its Python processes leaves a
-counters record, and the summary adds them up. The command's exit code is returned unchanged.
+counters record, and the summary adds them up. The command's exit code is returned unchanged. Torch would load
+a garbled cache entry and crash the job, so entries that no longer match their manifest's checksums are set
+aside before the command starts.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import warmer
-from warmer import counters, ledger
-from warmer.cachedir import CacheDir
+from warmer import counters, integrity, ledger
+from warmer.cachedir import CACHE_DIR_VARIABLE, CacheDir
 from warmer.errors import UserError
 from warmer.explain import explain_misses
 from warmer.profiles import hooks_pythonpath
@@ -59,10 +61,25 @@ def run_command(command: list[str], cache: CacheDir, extra_env: dict[str, str] |
     return code, summary
 
 
+def _private_cache_if_damaged(cache: CacheDir, report: Callable[[str], None], private: Path) -> dict[str, str]:
+    """Keep the job from loading damaged code: quarantine it (the job then compiles those graphs again). A user
+    who cannot move it gets the environment of an empty private cache instead, so the job compiles everything."""
+    try:
+        integrity.set_aside(cache, lambda message: report(f"nnunet-warmer: {message}"))
+        return {}
+    except PermissionError:
+        report(f"nnunet-warmer: the cache has damaged entries and this user cannot move them to quarantine, so "
+               f"this job compiles into an empty private cache ({private}) instead of loading them: ask the cache's "
+               f"owner to run `nnunet-warmer warm` (it repairs them)")
+        return {CACHE_DIR_VARIABLE: str(private)}
+
+
 def run_and_record(command: list[str], cache: CacheDir, report: Callable[[str], None],
                    output: IO[str] | None = None) -> tuple[int, dict[str, Any]]:
-    """`nnunet-warmer run`: run, explain misses, append to the ledger, report the one-line summary."""
-    code, summary = run_command(command, cache, output=output)
+    """`nnunet-warmer run`: set damage aside, run, explain misses, append to the ledger, report the summary."""
+    with tempfile.TemporaryDirectory(prefix="nnunet-warmer-private-cache-") as private:
+        code, summary = run_command(command, cache, _private_cache_if_damaged(cache, report, Path(private)),
+                                    output=output)
     target = nnunet_target_of(command)
     summary["estimated_seconds_saved"] = estimated_seconds_saved(cache, target, summary["compile_seconds"])
     summary["explanation"] = explain_misses(cache, target, summary)

@@ -1,7 +1,9 @@
 """Wire the stages for one target: replay in a fresh process, verify in another, publish the manifest.
 
 A target that already has a manifest for this fingerprint is re-verified only (seconds, not minutes);
-if that verification misses, it is compiled again. All of it runs under the target's lock. The ranks of
+if that verification misses, it is compiled again. A compile replay that missed nothing (every graph was in
+the cache already: another target's, or a manifest that was lost) was itself a fresh-process replay with zero
+misses, so it stands as the verify. All of it runs under the target's lock. The ranks of
 a DDP run are warmed as one group: their replays run at once in one process group, each on its device.
 """
 
@@ -158,10 +160,10 @@ def warm_group(dp: DatasetPlans, group: list[Target], cache: CacheDir, report: R
 
 def _warm_locked(group: list[Target], cache: CacheDir, report: Reporter, fingerprints: list[dict[str, str]],
                  ids: list[str]) -> list[WarmOutcome]:
-    damaged = integrity.damaged_entries(cache)
-    moved = integrity.quarantine(cache, damaged)
-    if moved is not None:
-        report(f"moved {len(damaged)} damaged cache entries to {moved}; they will be compiled again")
+    litter = sum(publish.remove_abandoned_temps(publish.target_folder(cache, target)) for target in group)
+    if litter:
+        report(f"removed {litter} temp files of manifest writes that died mid-write")
+    integrity.set_aside(cache, report)
     existing = [publish.matching_manifest(publish.read_manifests(cache, target), fingerprint, fp_id)
                 for target, fingerprint, fp_id in zip(group, fingerprints, ids, strict=True)]
     if all(manifest is not None for manifest in existing):
@@ -187,7 +189,12 @@ def _warm_locked(group: list[Target], cache: CacheDir, report: Reporter, fingerp
         if cold["fingerprint"] != fingerprint:
             raise WarmError(f"{target.label}: the replay process saw another environment than this one "
                             f"({sorted(k for k in fingerprint if fingerprint[k] != cold['fingerprint'].get(k))})")
-    checks = run_replays(group, cache, "verify", report)
+    if any(verify.problems(cold["counters"], target.world_size > 1)
+           for target, cold in zip(group, colds, strict=True)):
+        checks = run_replays(group, cache, "verify", report)
+    else:  # every graph came from the cache: that fresh process already proved it warm
+        checks = colds
+        report("compile: every graph came from the cache, so this replay was the fresh-process verify")
     for target, check in zip(group, checks, strict=True):
         found = verify.problems(check["counters"], target.world_size > 1)
         if found:
@@ -196,7 +203,8 @@ def _warm_locked(group: list[Target], cache: CacheDir, report: Reporter, fingerp
     outcomes, entries = [], integrity.entry_checksums(cache)
     for target, fingerprint, fp_id, cold, check in zip(group, fingerprints, ids, colds, checks, strict=True):
         path = publish.write_manifest(cache, target, fingerprint, fp_id, cold, check, entries=entries)
-        outcomes.append(WarmOutcome(target, "warm", f"warm: cold {sum(cold['phases'].values()):.1f} s -> verified "
-                                    f"{sum(check['phases'].values()):.1f} s ({verify.speedup(cold, check)}x)",
-                                    cold, check, str(path)))
+        message = (f"warm: every graph was in the cache already, verified {sum(check['phases'].values()):.1f} s"
+                   if check is cold else f"warm: cold {sum(cold['phases'].values()):.1f} s -> verified "
+                   f"{sum(check['phases'].values()):.1f} s ({verify.speedup(cold, check)}x)")
+        outcomes.append(WarmOutcome(target, "warm", message, cold, check, str(path)))
     return outcomes
