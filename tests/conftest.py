@@ -34,11 +34,12 @@ def warm_command(cache: Path, configuration: str, *extra: str) -> list[str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One nnU-Net data-augmentation worker and one export worker in every training the tests start. nnU-Net's
-    defaults (up to 12 and 8 spawned workers, each importing torch) cost about 25 s per training on 2 cores and
-    change no compiled graph: they feed and write data, the main process compiles."""
+    """Fewer of nnU-Net's spawned workers in every job the tests start: its defaults (up to 12 augmentation and
+    8 export processes, each importing torch) cost about 25 s per training on 2 cores and compile nothing. The
+    export count stays at the core count: nnUNetv2_predict runs with min(nnUNet_def_n_proc, cores) torch
+    threads, and on CPU the thread count is part of inductor's cache keys (1 missed a graph warmed with 2)."""
     os.environ.setdefault("nnUNet_n_proc_DA", "1")
-    os.environ.setdefault("nnUNet_def_n_proc", "1")
+    os.environ.setdefault("nnUNet_def_n_proc", str(os.cpu_count()))
 
 
 def pytest_report_header() -> str:

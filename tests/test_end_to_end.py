@@ -90,22 +90,30 @@ def test_real_training_misses_nothing(planned, warmed, tmp_path, configuration: 
 
 
 def test_damage_is_named_survived_by_training_then_repaired(planned, warmed, tmp_path) -> None:
-    """A copy of the warmed cache with every FX entry truncated and every generated Python file garbled (torch
-    crashes a job that imports one): `check` names them and `status` says damaged; a real training job started
-    before anyone repaired it exits 0, because `run` sets the damage aside first; `warm` then re-warms, and the
-    next training misses nothing."""
+    """A copy of the warmed cache with each kind of file damaged, among those the 2d manifest lists: every FX
+    entry truncated, every generated Python file garbled (torch crashes a job that imports one), two
+    AOTAutograd entries garbled, three kernel `.so` files truncated; and the 3d_fullres manifest garbled.
+    `check` names them all and `status` says damaged; a real 2d training job started before anyone repaired
+    the cache exits 0, because `run` sets the damage aside first; `warm` then re-warms, and the next training
+    misses nothing."""
     cache, _ = warmed
     copy = tmp_path / "cache"
     shutil.copytree(cache, copy)
-    fx_entries = [p for p in (copy / "inductor" / "fxgraph").rglob("*") if p.is_file()]
-    for entry in fx_entries:
-        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
-    generated = list((copy / "inductor").rglob("*.py"))
-    for code in generated:
-        code.write_bytes(b"\x1b" + code.read_bytes())
+    plans = copy / "manifests" / "Dataset990_WarmerDemo" / "nnUNetPlans"
+    (listed_2d,) = [sorted(copy / e for e in json.loads(m.read_text())["entries"]) for m in plans.glob("2d/*/*.json")]
+    (manifest,) = plans.glob("3d_fullres/*/*.json")  # its entries can no longer be checked: damage only 2d's
+    fx_entries = [p for p in listed_2d if "fxgraph" in p.parts]
+    generated = [p for p in listed_2d if p.suffix == ".py"]
+    aot_entries = [p for p in listed_2d if "aotautograd" in p.parts][:2]
+    kernels = [p for p in listed_2d if p.suffix == ".so"][:3]  # a few: the job rebuilds each one it needs
+    for path in fx_entries + kernels:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for path in generated + aot_entries + [manifest]:
+        path.write_bytes(b"\x1b" + path.read_bytes())
+    damaged = fx_entries + generated + aot_entries + kernels + [manifest]
     check = cli("check", "--cache-dir", str(copy), "--json", env=job_env(planned))
     assert check.returncode == 1, check.stderr
-    assert {str(p) for p in fx_entries + generated} <= {d["path"] for d in json.loads(check.stdout)["damaged"]}
+    assert {str(p) for p in damaged} <= {d["path"] for d in json.loads(check.stdout)["damaged"]}
     target = ["-d", "990", "-c", "2d", "-tr", CPU_TRAINER, "--device", "cpu", "--cache-dir", str(copy)]
     status = cli("status", *target, env=job_env(planned))
     assert status.returncode == 1 and status.stdout.startswith("damaged"), status.stdout
@@ -113,8 +121,8 @@ def test_damage_is_named_survived_by_training_then_repaired(planned, warmed, tmp
     (tmp_path / "unrepaired").mkdir()
     unrepaired = _train_under_run(planned, copy, "2d", tmp_path / "unrepaired")
     assert unrepaired["fx_miss"] > 0, unrepaired  # it compiled what was set aside
-    moved = list((copy / "quarantine").rglob("*"))
-    assert {p.name for p in fx_entries + generated} <= {p.name for p in moved}
+    moved = {p.relative_to(next((copy / "quarantine").iterdir())) for p in (copy / "quarantine").rglob("*")}
+    assert {p.relative_to(copy) for p in damaged} <= moved
     assert not any(p.exists() and p.read_bytes().startswith(b"\x1b") for p in generated)
 
     repaired = cli("warm", *target, "--json", env=job_env(planned))
