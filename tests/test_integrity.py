@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from warmer.cachedir import CacheDir
 from warmer.cli import main
 from warmer.integrity import damaged_entries, quarantine
 from warmer.plans import Target
-from warmer.publish import write_manifest
+from warmer.publish import ABANDONED_AFTER_SECONDS, remove_abandoned_temps, write_manifest
 
 from .conftest import BIN
 
@@ -112,3 +114,16 @@ def test_a_user_who_cannot_move_damage_runs_the_job_on_a_private_cache(tmp_path)
         assert path.read_bytes() == b"garbled" and not (cache.root / "quarantine").exists()
     finally:
         shutil.rmtree(shared)
+
+
+def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path) -> None:
+    """What a warmer killed mid-write leaves: this host's dead pid goes at once, another host's after a day."""
+    host, dead = socket.gethostname(), subprocess.Popen(["true"])
+    dead.wait()
+    names = {"dead here": f".fp.json.{host}.{dead.pid}.tmp", "alive here": f".fp.json.{host}.{os.getpid()}.tmp",
+             "other host, old": ".fp.json.node7.cluster.123.tmp", "other host, new": ".fp.json.node8.456.tmp"}
+    for name in names.values():
+        (tmp_path / name).write_text("{")
+    os.utime(tmp_path / names["other host, old"], (0, time.time() - 2 * ABANDONED_AFTER_SECONDS))
+    assert remove_abandoned_temps(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["alive here"], names["other host, new"]])
