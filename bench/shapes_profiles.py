@@ -2,7 +2,7 @@
 
 For each configuration of the demo dataset and each profile (`default`: plain nnU-Net, automatic dynamic
 shapes; `static`: fixed-shape graphs only), fresh processes replay nnU-Net's own train step, validation step,
-final validation and a fresh-process prediction (see warmer/replay.py):
+final validation and a fresh-process prediction (see warmer/pipeline/replay.py):
   cold - into an empty cache of its own: the compile a first training job pays
   warm - on the cache the cold process just filled, followed by more train steps whose median is the
          steady-state step time (what every later iteration of training costs)
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from warmer.cachedir import CacheDir
-from warmer.plans import build_targets, load_plans
-from warmer.profiles import PROFILES, profile_environment
-from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, use_demo_dataset
-from warmer.warm import run_replay
+from warmer.cache.layout import CacheDir
+from warmer.demo.synthetic import DEFAULT_DATASET_ID, NnunetPaths, use_demo_dataset
+from warmer.pipeline.plans import build_targets, load_plans
+from warmer.pipeline.profiles import PROFILES, profile_environment
+from warmer.pipeline.warm import run_replay
 
 TRAINER = "nnUNetTrainerCPUCompile"
 

@@ -2,7 +2,7 @@
 
 For each configuration of the demo dataset, three fresh processes replay the first train step, the first
 validation step, the final validation and a fresh-process prediction (nnU-Net's own trainer and predictor,
-see warmer/replay.py):
+see warmer/pipeline/replay.py):
   cold  - torch.compile into an empty cache
   warm  - torch.compile on the cache the cold process just filled
   eager - nnUNet_compile=f, no compile at all
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from warmer.cachedir import CacheDir
-from warmer.plans import build_targets, load_plans
-from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, use_demo_dataset
-from warmer.warm import run_replay
+from warmer.cache.layout import CacheDir
+from warmer.demo.synthetic import DEFAULT_DATASET_ID, NnunetPaths, use_demo_dataset
+from warmer.pipeline.plans import build_targets, load_plans
+from warmer.pipeline.warm import run_replay
 
 TRAINER = "nnUNetTrainerCPUCompile"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from warmer import CPU_TRAINERS_DIR
-from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, plan_and_preprocess, write_raw_dataset
+from warmer.demo import CPU_TRAINERS_DIR
+from warmer.demo.synthetic import DEFAULT_DATASET_ID, NnunetPaths, plan_and_preprocess, write_raw_dataset
 
 CPU_TRAINER = "nnUNetTrainerCPUCompile_2it"
 BIN = Path(sys.executable).parent

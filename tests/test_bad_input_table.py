@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from warmer import compat
-from warmer.cachedir import CacheDir
+from warmer.cache.layout import CacheDir
+from warmer.cache.manifest import target_folder
 from warmer.cli import main
-from warmer.fingerprint import fingerprint_id, target_fingerprint
-from warmer.plans import build_targets, load_plans
-from warmer.publish import target_folder
+from warmer.pipeline import compat
+from warmer.pipeline.fingerprint import fingerprint_id, target_fingerprint
+from warmer.pipeline.plans import build_targets, load_plans
 
 from .conftest import CPU_TRAINER
 from .test_errors import CASES

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from warmer.cachedir import CacheDir
-from warmer.fingerprint import fingerprint_id, target_fingerprint
-from warmer.plans import build_targets, load_plans
-from warmer.publish import target_folder
+from warmer.cache.layout import CacheDir
+from warmer.cache.manifest import target_folder
+from warmer.pipeline.fingerprint import fingerprint_id, target_fingerprint
+from warmer.pipeline.plans import build_targets, load_plans
 
 from .conftest import CONCURRENT_WARMERS, CPU_TRAINER, warm_command
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from warmer.cli import main
-from warmer.warm import free_local_port
+from warmer.pipeline.warm import free_local_port
 
 from .conftest import CPU_TRAINER, cli
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from warmer.cachedir import CacheDir
-from warmer.explain import explain_misses
+from warmer.cache.layout import CacheDir
+from warmer.run.explain import explain_misses
 
 from .conftest import BIN, CPU_TRAINER, cli, job_env
 

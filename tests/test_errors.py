@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from warmer.cli import main
-from warmer.compat import check_nnunet_version
 from warmer.errors import UserError
+from warmer.pipeline.compat import check_nnunet_version
 
 from .conftest import CPU_TRAINER, cli
 

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import pytest
 
-from warmer.cachedir import CacheDir
-from warmer.integrity import damaged_entries
-from warmer.plans import DatasetPlans, Target, build_targets, load_plans
-from warmer.status import target_status
+from warmer.cache.integrity import damaged_entries
+from warmer.cache.layout import CacheDir
+from warmer.cache.status import target_status
+from warmer.pipeline.plans import DatasetPlans, Target, build_targets, load_plans
 
 from .conftest import CONCURRENT_CONFIGURATION, CPU_TRAINER, warm_command
 

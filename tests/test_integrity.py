@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from warmer.cachedir import CacheDir
+from warmer.cache.integrity import damaged_entries, quarantine
+from warmer.cache.layout import CacheDir
+from warmer.cache.manifest import ABANDONED_AFTER_SECONDS, remove_abandoned_temps, write_manifest
 from warmer.cli import main
-from warmer.integrity import damaged_entries, quarantine
-from warmer.plans import Target
-from warmer.publish import ABANDONED_AFTER_SECONDS, remove_abandoned_temps, write_manifest
+from warmer.pipeline.plans import Target
 
 from .conftest import BIN
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from warmer.cache.locking import LockPolicy, target_lock
 from warmer.errors import UserError
-from warmer.locking import LockPolicy, target_lock
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from warmer.locking import LockPolicy, target_lock
+from warmer.cache.locking import LockPolicy, target_lock
 with target_lock(Path(sys.argv[1]), LockPolicy("lease", 5, float(sys.argv[2]), 0.1), print):
     print("held", flush=True)
     time.sleep(600)

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from warmer import ledger
-from warmer.cachedir import CacheDir
+from warmer.cache.layout import CacheDir
 from warmer.cli import main
+from warmer.ledger import records as ledger
 
 from .conftest import BIN
 
@@ -83,9 +83,9 @@ def test_read_only_cache_does_not_fail_the_job(tmp_path: Path) -> None:
 def test_metrics_file_parses_with_prometheus_parser(tmp_path: Path) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from warmer.fingerprint import software_fingerprint
-    from warmer.plans import Target
-    from warmer.publish import write_manifest
+    from warmer.cache.manifest import write_manifest
+    from warmer.pipeline.fingerprint import software_fingerprint
+    from warmer.pipeline.plans import Target
 
     cache = CacheDir(tmp_path / "cache")
     for row in (_run_record("Dataset001_A", 10, 0, 2.5, 80.0), _run_record("Dataset001_A", 8, 2, 30.0, 52.5)):

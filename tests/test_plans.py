@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from warmer.cli import main
-from warmer.plans import build_targets, load_plans, plan_calls
+from warmer.pipeline.plans import build_targets, load_plans, plan_calls
 
 from .conftest import CPU_TRAINER, write_old_format_plans
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from warmer.cachedir import CacheDir
+from warmer.cache.layout import CacheDir
 
 from .conftest import cli
 

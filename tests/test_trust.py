@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from warmer.cachedir import CacheDir
+from warmer.cache.layout import CacheDir
+from warmer.cache.trust import make_shared_root
 from warmer.cli import main
-from warmer.trust import make_shared_root
 
 from .conftest import CPU_TRAINER
 

@@ -15,7 +15,7 @@ import blosc2
 import numpy as np
 import pytest
 
-from warmer.synthetic import NnunetPaths, plan_and_preprocess, write_raw_dataset
+from warmer.demo.synthetic import NnunetPaths, plan_and_preprocess, write_raw_dataset
 
 from .conftest import BIN, CPU_TRAINER, cli, job_env, write_old_format_plans
 

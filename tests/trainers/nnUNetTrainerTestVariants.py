@@ -10,7 +10,7 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import SoftDiceLoss
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
-from warmer.trainers.nnUNetTrainerCPUCompile import nnUNetTrainerCPUCompile_2it
+from warmer.demo.trainers.nnUNetTrainerCPUCompile import nnUNetTrainerCPUCompile_2it
 
 
 class nnUNetTrainerTestCustom(nnUNetTrainerCPUCompile_2it):

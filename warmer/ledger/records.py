@@ -17,8 +17,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from warmer.cachedir import CacheDir
-from warmer.publish import atomic_write_json
+from warmer.cache.layout import CacheDir
+from warmer.cache.manifest import atomic_write_json
 
 ZERO_MARKER = "period-start.json"
 

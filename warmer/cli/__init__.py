@@ -15,13 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from warmer import CPU_TRAINERS_DIR
-from warmer.cachedir import CacheDir, default_cache_dir
-from warmer.compat import check_versions
+from warmer.cache.layout import CacheDir, default_cache_dir
+from warmer.cache.locking import DEFAULT_LEASE_SECONDS, DEFAULT_WAIT_TIMEOUT, LOCK_KINDS, LockPolicy
+from warmer.cache.trust import OVERRIDE_FLAG, make_shared_root, require_trusted
+from warmer.demo import CPU_TRAINERS_DIR
 from warmer.errors import UserError, WarmError
-from warmer.locking import DEFAULT_LEASE_SECONDS, DEFAULT_WAIT_TIMEOUT, LOCK_KINDS, LockPolicy
-from warmer.profiles import PROFILES, profile_environment
-from warmer.trust import OVERRIDE_FLAG, make_shared_root, require_trusted
+from warmer.pipeline.compat import check_versions
+from warmer.pipeline.profiles import PROFILES, profile_environment
 
 
 def _stderr(message: str) -> None:
@@ -66,7 +66,7 @@ def ddp_devices(num_gpus: int, requested: str, dry_run: bool) -> list[str]:
 
 
 def _targets(args: argparse.Namespace, dry_run: bool = False) -> tuple[Any, list[Any]]:
-    from warmer.plans import build_targets, find_trainer_class, load_plans, resolve_configurations
+    from warmer.pipeline.plans import build_targets, find_trainer_class, load_plans, resolve_configurations
 
     check_versions()
     dp = load_plans(args.d, args.p)
@@ -81,7 +81,7 @@ def _emit_json(data: Any) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from warmer.plans import plan_calls, variant_paths
+    from warmer.pipeline.plans import plan_calls, variant_paths
 
     dp, targets = _targets(args, dry_run=True)
     listing = [{"target": t.to_dict(), "label": t.label, "variant_paths": variant_paths(dp, t),
@@ -117,7 +117,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
 
 
 def _warm_groups(args: argparse.Namespace, dp: Any, targets: list[Any], cache: CacheDir) -> int:
-    from warmer.warm import warm_group
+    from warmer.pipeline.warm import warm_group
 
     lock = LockPolicy(args.lock, args.wait_timeout, args.lease)
     groups = [list(ranks) for _, ranks in itertools.groupby(targets, key=lambda t: t.configuration)]
@@ -146,7 +146,7 @@ def _warm_groups(args: argparse.Namespace, dp: Any, targets: list[Any], cache: C
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from warmer.status import describe, target_status
+    from warmer.cache.status import describe, target_status
 
     dp, targets = _targets(args)
     cache = _trusted_cache(args)
@@ -172,7 +172,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from warmer.runner import run_and_record
+    from warmer.run.runner import run_and_record
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -196,7 +196,7 @@ def _parse_since(value: str) -> float:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from warmer.integrity import damaged_entries
+    from warmer.cache.integrity import damaged_entries
 
     cache = CacheDir(Path(args.cache_dir))
     if not cache.root.is_dir():
@@ -213,7 +213,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from warmer import ledger, stats
+    from warmer.ledger import records as ledger
+    from warmer.ledger import stats
 
     cache = CacheDir(Path(args.cache_dir))
     if args.zero:
@@ -224,7 +225,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     since = _parse_since(args.since) if args.since else ledger.period_start(cache)
     summary = stats.summarize(cache, since)
     if args.metrics_file:
-        from warmer.metrics import write_metrics
+        from warmer.ledger.metrics import write_metrics
 
         write_metrics(Path(args.metrics_file), cache, summary)
     if args.json:
@@ -235,7 +236,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from warmer.demo import run_demo
+    from warmer.demo.cold_vs_warm import run_demo
 
     check_versions()
     return run_demo(Path(args.workdir), args.c, args.json)

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import warmer
-from warmer import counters, integrity, ledger
-from warmer.cachedir import CACHE_DIR_VARIABLE, CacheDir
+from warmer.cache import integrity
+from warmer.cache.layout import CACHE_DIR_VARIABLE, CacheDir
 from warmer.errors import UserError
-from warmer.explain import explain_misses
-from warmer.profiles import hooks_pythonpath
-from warmer.stats import estimated_seconds_saved, nnunet_target_of
+from warmer.ledger import records as ledger
+from warmer.ledger.stats import estimated_seconds_saved, nnunet_target_of
+from warmer.pipeline.profiles import hooks_pythonpath
+from warmer.run import counters
+from warmer.run.explain import explain_misses
 
 
 def probe_environment(records_dir: Path) -> dict[str, str]:

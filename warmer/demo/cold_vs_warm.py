@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from warmer.cachedir import CacheDir
-from warmer.runner import run_and_record
-from warmer.synthetic import DEFAULT_DATASET_ID, NnunetPaths, entry_point, use_demo_dataset
+from warmer.cache.layout import CacheDir
+from warmer.demo.synthetic import DEFAULT_DATASET_ID, NnunetPaths, entry_point, use_demo_dataset
+from warmer.run.runner import run_and_record
 
 DEMO_TRAINER = "nnUNetTrainerCPUCompile_2it"
 
@@ -31,8 +31,8 @@ def train_command(dataset_id: int, configuration: str, device: str) -> list[str]
 def run_demo(workdir: Path, configurations: list[str], as_json: bool) -> int:
     import torch
 
-    from warmer.plans import build_targets, load_plans
-    from warmer.warm import warm_target
+    from warmer.pipeline.plans import build_targets, load_plans
+    from warmer.pipeline.warm import warm_target
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     workdir = workdir.absolute()

@@ -14,7 +14,7 @@ import pwd
 import stat
 from pathlib import Path
 
-from warmer.cachedir import CacheDir
+from warmer.cache.layout import CacheDir
 from warmer.errors import UserError
 
 OVERRIDE_FLAG = "--allow-untrusted-cache"

@@ -1,6 +1,6 @@
 """Stage 2: replay the compiled calls of one nnU-Net training run, in a fresh process, on synthetic tensors.
 
-Run as `python -m warmer.replay SPEC.json RESULT.json`. The trainer is built with nnU-Net's own
+Run as `python -m warmer.pipeline.replay SPEC.json RESULT.json`. The trainer is built with nnU-Net's own
 `get_trainer_from_args` and `initialize()`; batches come from the trainer's own validation transforms
 (deep-supervision downsampling, regions, cascade channels), so dtypes and shapes are the ones its data
 loader produces. The sequence follows `run_training` + `perform_actual_validation`:
@@ -133,7 +133,7 @@ def _timed(phase: str, device: Any, fn: Any) -> float:
 
 
 def replay(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
-    from warmer.plans import Target
+    from warmer.pipeline.plans import Target
 
     target = Target.from_dict(spec["target"])
     device_type = target.device.split(":")[0]
@@ -142,9 +142,9 @@ def replay(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from warmer import counters
-    from warmer.fingerprint import target_fingerprint
-    from warmer.plans import load_plans
+    from warmer.pipeline.fingerprint import target_fingerprint
+    from warmer.pipeline.plans import load_plans
+    from warmer.run import counters
 
     counters.count_symbolic_shapes()
     wall_start = time.perf_counter()

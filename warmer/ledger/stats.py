@@ -6,10 +6,11 @@ import argparse
 import contextlib
 from typing import Any
 
-from warmer import ledger, publish
-from warmer.cachedir import CacheDir
+from warmer.cache import manifest as publish
+from warmer.cache.layout import CacheDir
 from warmer.errors import UserError
-from warmer.plans import Target, resolve_dataset_name
+from warmer.ledger import records as ledger
+from warmer.pipeline.plans import Target, resolve_dataset_name
 
 COUNTERS = ("fx_hit", "fx_miss", "aot_hit", "aot_miss")
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from warmer import integrity, publish
-from warmer.cachedir import CacheDir
-from warmer.fingerprint import differences, fingerprint_id, target_fingerprint
-from warmer.plans import DatasetPlans, Target
+from warmer.cache import integrity
+from warmer.cache import manifest as publish
+from warmer.cache.layout import CacheDir
+from warmer.pipeline.fingerprint import differences, fingerprint_id, target_fingerprint
+from warmer.pipeline.plans import DatasetPlans, Target
 
 
 def target_status(dp: DatasetPlans, target: Target, cache: CacheDir) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from warmer.errors import UserError
-from warmer.profiles import active_profile
+from warmer.pipeline.profiles import active_profile
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from warmer.cachedir import CacheDir
+from warmer.cache.layout import CacheDir
+from warmer.cache.status import target_status
 from warmer.errors import UserError
-from warmer.plans import build_targets, load_plans
-from warmer.profiles import active_profile
-from warmer.status import target_status
+from warmer.pipeline.plans import build_targets, load_plans
+from warmer.pipeline.profiles import active_profile
 
 
 def explain_misses(cache: CacheDir, target: dict[str, str], summary: dict[str, Any]) -> str | None:

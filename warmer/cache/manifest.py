@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from warmer.cachedir import CacheDir
-from warmer.integrity import entry_checksums
-from warmer.plans import Target
+from warmer.cache.integrity import entry_checksums
+from warmer.cache.layout import CacheDir
+from warmer.pipeline.plans import Target
 
 MANIFEST_VERSION = 1
 TEMP_SUFFIX = ".tmp"

@@ -24,14 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from warmer import integrity, ledger, publish, verify
-from warmer.cachedir import CacheDir
-from warmer.counters import FIELDS
+from warmer.cache import integrity
+from warmer.cache import manifest as publish
+from warmer.cache.layout import CacheDir
+from warmer.cache.locking import LockPolicy, target_lock
 from warmer.errors import WarmError
-from warmer.fingerprint import fingerprint_id, target_fingerprint
-from warmer.locking import LockPolicy, target_lock
-from warmer.plans import DatasetPlans, Target
-from warmer.replay import PROGRESS_PREFIX
+from warmer.ledger import records as ledger
+from warmer.pipeline import verify
+from warmer.pipeline.fingerprint import fingerprint_id, target_fingerprint
+from warmer.pipeline.plans import DatasetPlans, Target
+from warmer.pipeline.replay import PROGRESS_PREFIX
+from warmer.run.counters import FIELDS
 
 Reporter = Callable[[str], None]
 
@@ -94,7 +97,7 @@ def run_replays(targets: list[Target], cache: CacheDir, step: str, report: Repor
                                                        "steady_steps": steady_steps}))
         log = open(scratch / "replay.log", "w")  # noqa: SIM115 (closed below, after the process)
         process = subprocess.Popen(
-            [sys.executable, "-m", "warmer.replay", str(scratch / "spec.json"), str(scratch / "result.json")],
+            [sys.executable, "-m", "warmer.pipeline.replay", str(scratch / "spec.json"), str(scratch / "result.json")],
             env={**env, "nnUNet_results": str(scratch / "results")}, stdout=log, stderr=subprocess.PIPE, text=True)
         label = f"{step} rank {target.rank}" if len(targets) > 1 else step
         relay = threading.Thread(target=_relay, args=(process, log, label, report), daemon=True)

@@ -39,11 +39,11 @@ def _quiet_known_noise() -> None:
 
 
 def _warmer_counters() -> Any:
-    """warmer.counters, imported from the package that installed this hook."""
+    """warmer.run.counters, imported from the package that installed this hook."""
     parent = os.environ.get("NNUNET_WARMER_PACKAGE_PARENT")
     if parent and parent not in sys.path:
         sys.path.insert(0, parent)
-    from warmer import counters
+    from warmer.run import counters
 
     return counters
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from warmer import publish
-from warmer.cachedir import CacheDir
+from warmer.cache import manifest as publish
+from warmer.cache.layout import CacheDir
 from warmer.errors import UserError
-from warmer.fingerprint import software_fingerprint
+from warmer.pipeline.fingerprint import software_fingerprint
 
 LEDGER_GAUGES = (
     ("runs", "runs", "Wrapped training/predict runs recorded in the period"),

@@ -5,7 +5,7 @@
   network when the final validation switches to batch-1 tiles).
 - `static`: automatic dynamic shapes off and a recompile limit high enough for every deep-supervision scale
   in train and eval mode, so every call gets its own fixed-shape graph. The recompile limit has no
-  environment variable: the hook in `warmer/hooks` sets it in every Python process that imports torch.
+  environment variable: the hook in `warmer/run/hooks` sets it in every Python process that imports torch.
 
 `cli` applies the chosen profile to its own environment before torch is imported, so the fingerprint, the
 replay subprocesses and the wrapped training command all see the same settings.
@@ -21,7 +21,7 @@ PROFILES = ("default", "static")
 AUTOMATIC_DYNAMIC_VARIABLE = "TORCH_DYNAMO_AUTOMATIC_DYNAMIC_SHAPES"
 RECOMPILE_LIMIT_VARIABLE = "NNUNET_WARMER_RECOMPILE_LIMIT"
 STATIC_RECOMPILE_LIMIT = 64
-HOOKS_DIR = Path(__file__).parent / "hooks"
+HOOKS_DIR = Path(__file__).parent.parent / "run" / "hooks"
 
 
 def hooks_pythonpath(current: str | None = None) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from warmer.cachedir import CacheDir
+from warmer.cache.layout import CacheDir
 
 _SKIPPED_SUFFIXES = (".lock", ".tmp")
 

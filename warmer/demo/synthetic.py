@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warmer import CPU_TRAINERS_DIR
+from warmer.demo import CPU_TRAINERS_DIR
 
 DEFAULT_DATASET_ID = 990
 DEFAULT_NAME = "WarmerDemo"

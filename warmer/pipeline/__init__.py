@@ -1,0 +1,1 @@
+"""The warm pipeline: plans -> targets -> replay in a fresh process -> verify -> publish."""

@@ -1,0 +1,1 @@
+"""Training jobs on the cache: wrap a command, count what torch compiled in each of its processes, explain misses."""
