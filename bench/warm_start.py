@@ -27,7 +27,8 @@ import torch
 
 from warmer.cache.layout import CacheDir
 from warmer.demo.synthetic import DEFAULT_DATASET_ID, NnunetPaths, use_demo_dataset
-from warmer.pipeline.plans import build_targets, load_plans
+from warmer.pipeline.plans import load_plans
+from warmer.pipeline.targets import build_targets
 from warmer.pipeline.warm import run_replay
 
 TRAINER = "nnUNetTrainerCPUCompile"

@@ -16,7 +16,8 @@ from warmer.cache.manifest import target_folder
 from warmer.cli import main
 from warmer.pipeline import compat
 from warmer.pipeline.fingerprint import fingerprint_id, target_fingerprint
-from warmer.pipeline.plans import build_targets, load_plans
+from warmer.pipeline.plans import load_plans
+from warmer.pipeline.targets import build_targets
 
 from .conftest import CPU_TRAINER
 from .test_errors import CASES

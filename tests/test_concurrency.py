@@ -12,7 +12,8 @@ from filelock import FileLock
 from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import target_folder
 from warmer.pipeline.fingerprint import fingerprint_id, target_fingerprint
-from warmer.pipeline.plans import build_targets, load_plans
+from warmer.pipeline.plans import load_plans
+from warmer.pipeline.targets import build_targets
 
 from .conftest import CONCURRENT_WARMERS, CPU_TRAINER, warm_command
 

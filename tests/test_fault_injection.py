@@ -36,7 +36,8 @@ import pytest
 from warmer.cache.integrity import damaged_entries
 from warmer.cache.layout import CacheDir
 from warmer.cache.status import target_status
-from warmer.pipeline.plans import DatasetPlans, Target, build_targets, load_plans
+from warmer.pipeline.plans import DatasetPlans, load_plans
+from warmer.pipeline.targets import Target, build_targets
 
 from .conftest import CONCURRENT_CONFIGURATION, CPU_TRAINER, warm_command
 

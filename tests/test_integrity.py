@@ -18,7 +18,7 @@ from warmer.cache.integrity import damaged_entries, quarantine
 from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import ABANDONED_AFTER_SECONDS, remove_abandoned_temps, write_manifest
 from warmer.cli import main
-from warmer.pipeline.plans import Target
+from warmer.pipeline.targets import Target
 
 from .conftest import BIN
 

@@ -85,7 +85,7 @@ def test_metrics_file_parses_with_prometheus_parser(tmp_path: Path) -> None:
 
     from warmer.cache.manifest import write_manifest
     from warmer.pipeline.fingerprint import software_fingerprint
-    from warmer.pipeline.plans import Target
+    from warmer.pipeline.targets import Target
 
     cache = CacheDir(tmp_path / "cache")
     for row in (_run_record("Dataset001_A", 10, 0, 2.5, 80.0), _run_record("Dataset001_A", 8, 2, 30.0, 52.5)):

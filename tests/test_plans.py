@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from warmer.cli import main
-from warmer.pipeline.plans import build_targets, load_plans, plan_calls
+from warmer.pipeline.calls import plan_calls
+from warmer.pipeline.plans import load_plans
+from warmer.pipeline.targets import build_targets
 
 from .conftest import CPU_TRAINER, write_old_format_plans
 

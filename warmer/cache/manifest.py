@@ -16,7 +16,7 @@ from typing import Any
 
 from warmer.cache.integrity import entry_checksums
 from warmer.cache.layout import CacheDir
-from warmer.pipeline.plans import Target
+from warmer.pipeline.targets import Target
 
 MANIFEST_VERSION = 1
 TEMP_SUFFIX = ".tmp"

@@ -14,7 +14,8 @@ from warmer.cache import integrity
 from warmer.cache import manifest as publish
 from warmer.cache.layout import CacheDir
 from warmer.pipeline.fingerprint import differences, fingerprint_id, target_fingerprint
-from warmer.pipeline.plans import DatasetPlans, Target
+from warmer.pipeline.plans import DatasetPlans
+from warmer.pipeline.targets import Target
 
 
 def target_status(dp: DatasetPlans, target: Target, cache: CacheDir) -> dict[str, Any]:

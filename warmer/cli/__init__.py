@@ -28,45 +28,11 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def resolve_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was requested but torch sees no CUDA device here: run on a GPU node "
-                            "or pass --device cpu")
-        if requested not in ("cuda", "cuda:0"):
-            raise UserError(f"--device {requested}: nnU-Net trains a single-GPU run on cuda:0: pass --device cuda "
-                            f"and pick the GPU with CUDA_VISIBLE_DEVICES")
-        return "cuda:0"
-    if requested == "cpu":
-        return "cpu"
-    raise UserError(f"unknown --device '{requested}': use cuda or cpu")
-
-
-def ddp_devices(num_gpus: int, requested: str, dry_run: bool) -> list[str]:
-    """nnU-Net's DDP puts rank r on cuda:r; `--device cpu` gives a gloo group on CPU (for trainers that allow it,
-    like the CPU test trainers). A dry run may list CUDA ranks on any machine."""
-    if num_gpus < 1:
-        raise UserError(f"--num-gpus {num_gpus}: pass 1 or more")
-    if num_gpus == 1:
-        return []
-    if requested == "cpu":
-        return ["cpu"] * num_gpus
-    if not dry_run:
-        import torch
-
-        found = torch.cuda.device_count()
-        if found < num_gpus:
-            raise UserError(f"--num-gpus {num_gpus}: torch sees {found} CUDA devices here, and each rank compiles "
-                            f"on its own GPU: warm on a node with {num_gpus} GPUs")
-    return [f"cuda:{rank}" for rank in range(num_gpus)]
 
 
 def _targets(args: argparse.Namespace, dry_run: bool = False) -> tuple[Any, list[Any]]:
-    from warmer.pipeline.plans import build_targets, find_trainer_class, load_plans, resolve_configurations
+    from warmer.pipeline.plans import find_trainer_class, load_plans, resolve_configurations
+    from warmer.pipeline.targets import build_targets, ddp_devices, resolve_device
 
     check_versions()
     dp = load_plans(args.d, args.p)
@@ -81,7 +47,7 @@ def _emit_json(data: Any) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from warmer.pipeline.plans import plan_calls, variant_paths
+    from warmer.pipeline.calls import plan_calls, variant_paths
 
     dp, targets = _targets(args, dry_run=True)
     listing = [{"target": t.to_dict(), "label": t.label, "variant_paths": variant_paths(dp, t),

@@ -31,7 +31,8 @@ def train_command(dataset_id: int, configuration: str, device: str) -> list[str]
 def run_demo(workdir: Path, configurations: list[str], as_json: bool) -> int:
     import torch
 
-    from warmer.pipeline.plans import build_targets, load_plans
+    from warmer.pipeline.plans import load_plans
+    from warmer.pipeline.targets import build_targets
     from warmer.pipeline.warm import warm_target
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"

@@ -10,7 +10,8 @@ from warmer.cache import manifest as publish
 from warmer.cache.layout import CacheDir
 from warmer.errors import UserError
 from warmer.ledger import records as ledger
-from warmer.pipeline.plans import Target, resolve_dataset_name
+from warmer.pipeline.plans import resolve_dataset_name
+from warmer.pipeline.targets import Target
 
 COUNTERS = ("fx_hit", "fx_miss", "aot_hit", "aot_miss")
 

@@ -15,8 +15,9 @@ from importlib import metadata
 from typing import Any
 
 from warmer.cache.layout import CACHE_DIR_VARIABLE, CACHE_SWITCHES
-from warmer.pipeline.plans import DatasetPlans, Target, find_trainer_class, plans_hash, trainer_source_hash
+from warmer.pipeline.plans import DatasetPlans, find_trainer_class, plans_hash, trainer_source_hash
 from warmer.pipeline.profiles import RECOMPILE_LIMIT_VARIABLE
+from warmer.pipeline.targets import Target
 
 COMPILE_ENV_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_DYNAMO_", "TORCH_COMPILE_")
 

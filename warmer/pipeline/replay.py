@@ -133,7 +133,7 @@ def _timed(phase: str, device: Any, fn: Any) -> float:
 
 
 def replay(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
-    from warmer.pipeline.plans import Target
+    from warmer.pipeline.targets import Target
 
     target = Target.from_dict(spec["target"])
     device_type = target.device.split(":")[0]

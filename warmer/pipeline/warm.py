@@ -32,8 +32,9 @@ from warmer.errors import WarmError
 from warmer.ledger import records as ledger
 from warmer.pipeline import verify
 from warmer.pipeline.fingerprint import fingerprint_id, target_fingerprint
-from warmer.pipeline.plans import DatasetPlans, Target
+from warmer.pipeline.plans import DatasetPlans
 from warmer.pipeline.replay import PROGRESS_PREFIX
+from warmer.pipeline.targets import Target
 from warmer.run.counters import FIELDS
 
 Reporter = Callable[[str], None]

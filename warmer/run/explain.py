@@ -14,8 +14,9 @@ from typing import Any
 from warmer.cache.layout import CacheDir
 from warmer.cache.status import target_status
 from warmer.errors import UserError
-from warmer.pipeline.plans import build_targets, load_plans
+from warmer.pipeline.plans import load_plans
 from warmer.pipeline.profiles import active_profile
+from warmer.pipeline.targets import build_targets
 
 
 def explain_misses(cache: CacheDir, target: dict[str, str], summary: dict[str, Any]) -> str | None:
