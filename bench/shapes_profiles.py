@@ -28,7 +28,7 @@ import torch
 from warmer.cache.layout import CacheDir
 from warmer.demo.synthetic import DEFAULT_DATASET_ID, NnunetPaths, use_demo_dataset
 from warmer.pipeline.plans import load_plans
-from warmer.pipeline.profiles import PROFILES, profile_environment
+from warmer.pipeline.profiles import PROFILES, JobEnvironment
 from warmer.pipeline.targets import build_targets
 from warmer.pipeline.warm import run_replay
 
@@ -44,16 +44,16 @@ def measure(workdir: Path, configurations: list[str], steps: int) -> list[dict]:
         for profile in PROFILES:
             cache = CacheDir(workdir / f"profile-cache-{target.configuration}-{profile}")
             shutil.rmtree(cache.root, ignore_errors=True)
-            env = profile_environment(profile)
+            environment = JobEnvironment.with_profile(profile)
             say = lambda m, p=profile: print(f"  {p}: {m}", file=sys.stderr)  # noqa: E731
-            cold = run_replay(target, cache, "cold", say, extra_env=env)
-            warm = run_replay(target, cache, "warm", say, extra_env=env, steady_steps=steps)
+            cold = run_replay(target, cache, "cold", say, environment)
+            warm = run_replay(target, cache, "warm", say, environment, steady_steps=steps)
             rows.append({
                 "configuration": target.configuration, "batch": target.batch_per_rank, "device": device,
-                "profile": profile, "cold_total": round(sum(cold["phases"].values()), 3),
-                "warm_total": round(sum(warm["phases"].values()), 3), "steady_train_step": warm["steady_train_step"],
-                "graphs_compiled": cold["counters"]["fx_miss"], "symbols": cold["counters"]["symbols"],
-                "warm_counters": warm["counters"], "cold": cold["phases"], "warm": warm["phases"],
+                "profile": profile, "cold_total": round(cold.seconds, 3),
+                "warm_total": round(warm.seconds, 3), "steady_train_step": warm.steady_train_step,
+                "graphs_compiled": cold.counters.fx_miss, "symbols": cold.counters.symbols,
+                "warm_counters": warm.counters.to_dict(), "cold": cold.phases, "warm": warm.phases,
             })
     return rows
 

@@ -28,6 +28,7 @@ import torch
 from warmer.cache.layout import CacheDir
 from warmer.demo.synthetic import DEFAULT_DATASET_ID, NnunetPaths, use_demo_dataset
 from warmer.pipeline.plans import load_plans
+from warmer.pipeline.profiles import JobEnvironment
 from warmer.pipeline.targets import build_targets
 from warmer.pipeline.warm import run_replay
 
@@ -44,15 +45,15 @@ def measure(workdir: Path, configurations: list[str]) -> list[dict]:
         shutil.rmtree(cache.root, ignore_errors=True)
         runs = {}
         for mode in ("cold", "warm", "eager"):
-            extra = {"nnUNet_compile": "f"} if mode == "eager" else None
-            result = run_replay(target, cache, mode, lambda m: print(f"  {m}", file=sys.stderr),
-                                extra_env=extra, allow_eager=mode == "eager")
-            runs[mode] = result
+            extra = {"nnUNet_compile": "f"} if mode == "eager" else {}
+            environment = JobEnvironment.with_profile("default", {**os.environ, **extra})
+            runs[mode] = run_replay(target, cache, mode, lambda m: print(f"  {m}", file=sys.stderr), environment,
+                                    allow_eager=mode == "eager")
         row = {"configuration": target.configuration, "batch": target.batch_per_rank, "device": device}
         for mode, result in runs.items():
-            row[mode] = result["phases"]
-            row[f"{mode}_total"] = round(sum(result["phases"].values()), 3)
-            row[f"{mode}_counters"] = result["counters"]
+            row[mode] = result.phases
+            row[f"{mode}_total"] = round(result.seconds, 3)
+            row[f"{mode}_counters"] = result.counters.to_dict()
         row["cold_over_warm"] = round(row["cold_total"] / row["warm_total"], 1)
         row["warm_over_eager"] = round(row["warm_total"] / row["eager_total"], 2)
         rows.append(row)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,24 +11,7 @@ import pytest
 from warmer.demo import CPU_TRAINERS_DIR
 from warmer.demo.synthetic import DEFAULT_DATASET_ID, NnunetPaths, plan_and_preprocess, write_raw_dataset
 
-CPU_TRAINER = "nnUNetTrainerCPUCompile_2it"
-BIN = Path(sys.executable).parent
-TEST_TRAINERS_DIR = Path(__file__).parent / "trainers"
-CONCURRENT_WARMERS = 4
-CONCURRENT_CONFIGURATION = "2d"
-
-
-def job_env(paths: NnunetPaths, **extra: str) -> dict[str, str]:
-    """What a warmer or training process of the tests needs besides our environment: the datasets, and the CPU
-    trainers (the warmer's and the tests' own)."""
-    return {**paths.environment(),
-            "nnUNet_extTrainer": os.pathsep.join([str(CPU_TRAINERS_DIR), str(TEST_TRAINERS_DIR)]), **extra}
-
-
-def warm_command(cache: Path, configuration: str, *extra: str) -> list[str]:
-    """`nnunet-warmer warm` of one Dataset990 configuration on the CPU test trainer."""
-    return [str(BIN / "nnunet-warmer"), "warm", "-d", "990", "-c", configuration, "-tr", CPU_TRAINER,
-            "--device", "cpu", "--cache-dir", str(cache), *extra]
+from .helpers import CONCURRENT_CONFIGURATION, CONCURRENT_WARMERS, job_env, warm_command
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -85,37 +66,3 @@ def nnunet_env(planned: NnunetPaths, monkeypatch: pytest.MonkeyPatch) -> NnunetP
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("nnUNet_extTrainer", str(CPU_TRAINERS_DIR))
     return planned
-
-
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """Run `nnunet-warmer` as a user would, in a fresh process."""
-    return subprocess.run([str(BIN / "nnunet-warmer"), *args], env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def write_old_format_plans(paths: NnunetPaths) -> str:
-    """Dataset990's plans rewritten in nnU-Net's old format (`UNet_class_name`, `pool_op_kernel_sizes`, ...), which
-    nnU-Net converts on load; returns the plans identifier."""
-    folder = paths.preprocessed / f"Dataset{DEFAULT_DATASET_ID:03d}_WarmerDemo"
-    plans = json.loads((folder / "nnUNetPlans.json").read_text())
-    plans["plans_name"] = "nnUNetPlansOld"
-    plans["configurations"] = {name: _old_format(c) for name, c in plans["configurations"].items()}
-    (folder / "nnUNetPlansOld.json").write_text(json.dumps(plans))
-    return "nnUNetPlansOld"
-
-
-def _old_format(configuration: dict) -> dict:
-    arch = configuration["architecture"]["arch_kwargs"]
-    old = {k: v for k, v in configuration.items() if k != "architecture"}
-    old.update({
-        "UNet_class_name": "PlainConvUNet",
-        "UNet_base_num_features": arch["features_per_stage"][0],
-        "unet_max_num_features": arch["features_per_stage"][-1],
-        "n_conv_per_stage_encoder": arch["n_conv_per_stage"],
-        "n_conv_per_stage_decoder": arch["n_conv_per_stage_decoder"],
-        "conv_kernel_sizes": arch["kernel_sizes"],
-        "pool_op_kernel_sizes": arch["strides"],
-        "num_pool_per_axis": [sum(1 for stride in arch["strides"] if stride[axis] > 1)
-                              for axis in range(len(arch["strides"][0]))],
-    })
-    return old

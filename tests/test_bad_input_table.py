@@ -11,18 +11,13 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from warmer.cache.layout import CacheDir
-from warmer.cache.manifest import target_folder
 from warmer.cli import main
 from warmer.pipeline import compat
-from warmer.pipeline.fingerprint import fingerprint_id, target_fingerprint
-from warmer.pipeline.plans import load_plans
-from warmer.pipeline.targets import build_targets
 
-from .conftest import CPU_TRAINER
+from .helpers import lock_path, target_args
 from .test_errors import CASES
 
-WARM_2D = ["-d", "990", "-c", "2d", "-tr", CPU_TRAINER, "--device", "cpu"]
+WARM_2D = target_args("2d")
 
 
 def tree_hash(root: Path) -> str:
@@ -50,10 +45,7 @@ def cache(tmp_path: Path) -> Path:
 
 
 def _lock_path(cache: Path) -> Path:
-    dp = load_plans("990", "nnUNetPlans")
-    (target,) = build_targets(dp, ["2d"], CPU_TRAINER, ["cpu"])
-    folder = target_folder(CacheDir(cache), target, CacheDir(cache).locks)
-    lock = folder / f"{fingerprint_id(target_fingerprint(dp, target))}.lock"
+    lock = lock_path(cache, "2d")
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.touch()
     return lock

@@ -10,12 +10,8 @@ import pytest
 from filelock import FileLock
 
 from warmer.cache.layout import CacheDir
-from warmer.cache.manifest import target_folder
-from warmer.pipeline.fingerprint import fingerprint_id, target_fingerprint
-from warmer.pipeline.plans import load_plans
-from warmer.pipeline.targets import build_targets
 
-from .conftest import CONCURRENT_WARMERS, CPU_TRAINER, warm_command
+from .helpers import CONCURRENT_WARMERS, lock_path, warm_command
 
 
 @pytest.mark.e2e
@@ -33,11 +29,9 @@ def test_concurrent_warmers_compile_once(concurrently_warmed) -> None:
 
 def test_lock_wait_timeout_is_a_one_line_error(nnunet_env, tmp_path: Path) -> None:
     cache = CacheDir(tmp_path / "cache")
-    dp = load_plans("990")
-    (target,) = build_targets(dp, ["3d_fullres"], CPU_TRAINER, ["cpu"])
-    lock_path = target_folder(cache, target, cache.locks) / f"{fingerprint_id(target_fingerprint(dp, target))}.lock"
-    lock_path.parent.mkdir(parents=True)
-    with FileLock(str(lock_path)):
+    held = lock_path(cache.root, "3d_fullres")
+    held.parent.mkdir(parents=True)
+    with FileLock(str(held)):
         result = subprocess.run(warm_command(cache.root, "3d_fullres", "--wait-timeout", "1"),
                                 capture_output=True, text=True, timeout=300)
     assert result.returncode == 2

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 from warmer.cli import main
 from warmer.pipeline.warm import free_local_port
 
-from .conftest import CPU_TRAINER, cli
+from .helpers import CPU_TRAINER, cli
 
 DDP_TRAIN = Path(__file__).parent / "ddp_cpu_train.py"
 

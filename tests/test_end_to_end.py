@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from warmer.cache.layout import CacheDir
+from warmer.cache.layout import CacheDir, TargetKey
+from warmer.pipeline.profiles import JobEnvironment
+from warmer.run.command import NnunetCommand
+from warmer.run.counters import Counters
 from warmer.run.explain import explain_misses
 
-from .conftest import BIN, CPU_TRAINER, cli, job_env
+from .helpers import CPU_TRAINER, cli, job_env, run_under_warmer, target_args, train_command
 
 pytestmark = pytest.mark.e2e
 CONFIGURATIONS = ["2d", "3d_fullres"]
@@ -31,8 +34,7 @@ def warmed(planned, e2e_cache, request) -> tuple[Path, list[dict]]:
     needed = [params["configuration"]] if "configuration" in params else CONFIGURATIONS
     missing = [c for c in needed if c not in reports]
     if missing:
-        result = cli("warm", "-d", "990", "-c", *missing, "-tr", CPU_TRAINER, "--device", "cpu",
-                     "--cache-dir", str(cache), "--json", env=job_env(planned))
+        result = cli("warm", *target_args(*missing, cache=cache), "--json", env=job_env(planned))
         assert result.returncode == 0, result.stderr[-3000:]
         for report in json.loads(result.stdout)["targets"]:
             reports[report["target"]["configuration"]] = report
@@ -41,16 +43,13 @@ def warmed(planned, e2e_cache, request) -> tuple[Path, list[dict]]:
 
 def _train_under_run(planned, cache: Path, configuration: str, tmp_path: Path, plans: str = "nnUNetPlans",
                      env: dict[str, str] | None = None) -> dict:
-    summary_file = tmp_path / f"run-{configuration}.json"
     env = {**(env or job_env(planned)), "nnUNet_results": str(tmp_path / "results")}
-    result = cli("run", "--cache-dir", str(cache), "--json", str(summary_file), "--",
-                 str(BIN / "nnUNetv2_train"), "990", configuration, "0", "-tr", CPU_TRAINER, "-p", plans,
-                 "-device", "cpu", env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, summary = run_under_warmer(cache, tmp_path / f"run-{configuration}.json",
+                                       train_command("990", configuration, plans), env)
     assert "nnunet-warmer: FX graphs" in result.stderr.splitlines()[-1]
     # quiet: nothing from the compiler stack that says nothing about the job
     assert "No CUDA runtime is found" not in result.stderr and "torch.jit.interface" not in result.stderr
-    return json.loads(summary_file.read_text())
+    return summary
 
 
 def test_warm_verifies_every_target(warmed) -> None:
@@ -64,16 +63,15 @@ def test_warm_verifies_every_target(warmed) -> None:
 
 def test_status_is_warm_and_exits_0(planned, warmed) -> None:
     cache, _ = warmed
-    result = cli("status", "-d", "990", "-c", *CONFIGURATIONS, "-tr", CPU_TRAINER, "--device", "cpu",
-                 "--cache-dir", str(cache), "--json", env=job_env(planned))
+    result = cli("status", *target_args(*CONFIGURATIONS, cache=cache), "--json", env=job_env(planned))
     assert result.returncode == 0, result.stdout + result.stderr
     assert [t["state"] for t in json.loads(result.stdout)["targets"]] == ["warm", "warm"]
 
 
 def test_status_names_the_fingerprint_part_that_differs(planned, warmed) -> None:
     cache, _ = warmed
-    result = cli("status", "-d", "990", "-c", "3d_fullres", "-tr", CPU_TRAINER, "--device", "cpu",
-                 "--cache-dir", str(cache), env={**job_env(planned), "TORCH_COMPILE_CACHE_KEY_TAG": "other"})
+    result = cli("status", *target_args("3d_fullres", cache=cache),
+                 env={**job_env(planned), "TORCH_COMPILE_CACHE_KEY_TAG": "other"})
     assert result.returncode == 1
     assert result.stdout.startswith("stale") and "cache_key_tag" in result.stdout
 
@@ -114,7 +112,7 @@ def test_damage_is_named_survived_by_training_then_repaired(planned, warmed, tmp
     check = cli("check", "--cache-dir", str(copy), "--json", env=job_env(planned))
     assert check.returncode == 1, check.stderr
     assert {str(p) for p in damaged} <= {d["path"] for d in json.loads(check.stdout)["damaged"]}
-    target = ["-d", "990", "-c", "2d", "-tr", CPU_TRAINER, "--device", "cpu", "--cache-dir", str(copy)]
+    target = target_args("2d", cache=copy)
     status = cli("status", *target, env=job_env(planned))
     assert status.returncode == 1 and status.stdout.startswith("damaged"), status.stdout
 
@@ -151,13 +149,11 @@ def test_run_with_another_batch_size_names_it(planned, warmed, tmp_path) -> None
     plans = json.loads((folder / "nnUNetPlans.json").read_text())
     plans["plans_name"] = "nnUNetPlansBS"
     (folder / "nnUNetPlansBS.json").write_text(json.dumps(plans))
-    result = cli("warm", "-d", "990", "-c", "3d_fullres", "-p", "nnUNetPlansBS", "-tr", CPU_TRAINER,
-                 "--device", "cpu", "--cache-dir", str(cache), env=job_env(planned))
+    result = cli("warm", *target_args("3d_fullres", plans="nnUNetPlansBS", cache=cache), env=job_env(planned))
     assert result.returncode == 0, result.stderr[-3000:]
     plans["configurations"]["3d_fullres"]["batch_size"] = 3
     (folder / "nnUNetPlansBS.json").write_text(json.dumps(plans))
-    status = cli("status", "-d", "990", "-c", "3d_fullres", "-p", "nnUNetPlansBS", "-tr", CPU_TRAINER,
-                 "--device", "cpu", "--cache-dir", str(cache), env=job_env(planned))
+    status = cli("status", *target_args("3d_fullres", plans="nnUNetPlansBS", cache=cache), env=job_env(planned))
     assert status.returncode == 1 and status.stdout.startswith("stale"), status.stdout
     assert "batch_per_rank: 2 (cache) != 3 (here)" in status.stdout
     summary = _train_under_run(planned, cache, "3d_fullres", tmp_path, plans="nnUNetPlansBS")
@@ -168,9 +164,9 @@ def test_run_with_another_batch_size_names_it(planned, warmed, tmp_path) -> None
 
 
 def test_misses_without_a_manifest_say_cold_and_how_to_warm(nnunet_env, tmp_path) -> None:
-    target = {"dataset": "990", "configuration": "3d_fullres", "trainer": CPU_TRAINER, "plans": "nnUNetPlans",
-              "device": "cpu"}
-    line = explain_misses(CacheDir(tmp_path / "empty"), target, {"fx_miss": 4, "aot_miss": 2})
+    command = NnunetCommand(TargetKey("990", "nnUNetPlans", "3d_fullres", CPU_TRAINER), "cpu")
+    line = explain_misses(CacheDir(tmp_path / "empty"), command, Counters(fx_miss=4, aot_miss=2),
+                          JobEnvironment.with_profile("default"))
     label = f"Dataset990_WarmerDemo/nnUNetPlans/3d_fullres/{CPU_TRAINER}"
     assert line.startswith(f"the cache was cold for {label} (6 misses)")
     assert "warm it with: nnunet-warmer warm -d Dataset990_WarmerDemo -c 3d_fullres" in line

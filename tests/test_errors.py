@@ -12,7 +12,7 @@ from warmer.cli import main
 from warmer.errors import UserError
 from warmer.pipeline.compat import check_nnunet_version
 
-from .conftest import CPU_TRAINER, cli
+from .helpers import CPU_TRAINER, cli
 
 
 def _broken_plans(nnunet_env, name: str, content: str) -> str:

@@ -37,9 +37,10 @@ from warmer.cache.integrity import damaged_entries
 from warmer.cache.layout import CacheDir
 from warmer.cache.status import target_status
 from warmer.pipeline.plans import DatasetPlans, load_plans
+from warmer.pipeline.profiles import JobEnvironment
 from warmer.pipeline.targets import Target, build_targets
 
-from .conftest import CONCURRENT_CONFIGURATION, CPU_TRAINER, warm_command
+from .helpers import CONCURRENT_CONFIGURATION, CPU_TRAINER, warm_command
 
 pytestmark = pytest.mark.e2e
 TRIALS = 20
@@ -174,7 +175,7 @@ def _lane(cache: Path, target: Target, dp: DatasetPlans, rng: random.Random, tri
         trial, code = _kill_at_random(command, kind, rng, stage_seconds, _prepare(cache, kind, rng))
         where = f"{context}, trial {len(trials) + 1}: {trial}"
         assert code in (-signal.SIGKILL, 0), where
-        trial.status = target_status(dp, target, CacheDir(cache))["state"]
+        trial.status = target_status(dp, target, CacheDir(cache), JobEnvironment.with_profile("default")).state
 
         follow_up = Warm([*command, "--json"], stdout=record.with_suffix(".next-warm.json"))
         follow_code, _ = follow_up.finish()
@@ -200,7 +201,8 @@ def test_sigkill_at_random_points_never_shows_warm_falsely_and_the_next_warm_com
     seed_cache, _ = concurrently_warmed
     dp = load_plans("990")
     (target,) = build_targets(dp, [CONCURRENT_CONFIGURATION], CPU_TRAINER, ["cpu"])
-    assert target_status(dp, target, CacheDir(seed_cache))["state"] == "warm"  # this process sees what the CLI sees
+    environment = JobEnvironment.with_profile("default")  # this process sees what the CLI sees
+    assert target_status(dp, target, CacheDir(seed_cache), environment).state == "warm"
     lanes: list[list[Trial]] = [[] for _ in range(LANES)]
     errors: list[BaseException] = []
 

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from warmer.cache.integrity import damaged_entries, quarantine
+from warmer.cache.files import ABANDONED_AFTER_SECONDS, remove_abandoned_temps
+from warmer.cache.integrity import Damage, damaged_entries, quarantine
 from warmer.cache.layout import CacheDir
-from warmer.cache.manifest import ABANDONED_AFTER_SECONDS, remove_abandoned_temps, write_manifest
+from warmer.cache.manifest import write_manifest
 from warmer.cli import main
+from warmer.pipeline.results import ReplayResult
 from warmer.pipeline.targets import Target
 
-from .conftest import BIN
+from .helpers import BIN
 
 ENTRIES = {
     "FX entry": "inductor/fxgraph/ab/fabcdef/entry",
@@ -40,7 +42,7 @@ def published(tmp_path: Path) -> tuple[CacheDir, Path]:
     (cache.inductor / "locks").mkdir()
     (cache.inductor / "locks" / "x.lock").write_bytes(b"")  # torch's own locks are not entries
     target = Target("Dataset990_WarmerDemo", "nnUNetPlans", "2d", "nnUNetTrainerCPUCompile_2it", "cpu", 10)
-    manifest = write_manifest(cache, target, {"device": "cpu"}, "fp", None, {"counters": {}})
+    manifest = write_manifest(cache, target, {"device": "cpu"}, "fp", None, ReplayResult(True, {})).path
     assert set(json.loads(manifest.read_text())["entries"]) == set(ENTRIES.values())
     return cache, manifest
 
@@ -68,7 +70,7 @@ def test_a_garbled_manifest_is_named_and_quarantine_moves_the_damage(published, 
     cache, manifest = published
     manifest.write_text('{"entries": {')
     damaged = damaged_entries(cache)
-    assert damaged == [{"path": str(manifest), "problem": "manifest does not parse"}]
+    assert damaged == [Damage(manifest, "manifest does not parse")]
     moved = quarantine(cache, damaged)
     assert moved is not None and moved[1] == 1 and not manifest.exists()
     assert (moved[0] / manifest.relative_to(cache.root)).read_text() == '{"entries": {'
@@ -98,7 +100,7 @@ def test_a_user_who_cannot_move_damage_runs_the_job_on_a_private_cache(tmp_path)
         path.parent.mkdir(parents=True)
         path.write_bytes(b"original")
         target = Target("Dataset990_WarmerDemo", "nnUNetPlans", "2d", "nnUNetTrainerCPUCompile_2it", "cpu", 10)
-        write_manifest(cache, target, {"device": "cpu"}, "fp", None, {"counters": {}})
+        write_manifest(cache, target, {"device": "cpu"}, "fp", None, ReplayResult(True, {}))
         path.write_bytes(b"garbled")
         for folder, _, files in os.walk(shared):
             os.chmod(folder, 0o755)

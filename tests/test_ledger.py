@@ -12,7 +12,7 @@ from warmer.cache.layout import CacheDir
 from warmer.cli import main
 from warmer.ledger import records as ledger
 
-from .conftest import BIN
+from .helpers import BIN
 
 WRITERS = 8
 
@@ -85,15 +85,17 @@ def test_metrics_file_parses_with_prometheus_parser(tmp_path: Path) -> None:
 
     from warmer.cache.manifest import write_manifest
     from warmer.pipeline.fingerprint import software_fingerprint
+    from warmer.pipeline.profiles import JobEnvironment
+    from warmer.pipeline.results import ReplayResult
     from warmer.pipeline.targets import Target
 
     cache = CacheDir(tmp_path / "cache")
     for row in (_run_record("Dataset001_A", 10, 0, 2.5, 80.0), _run_record("Dataset001_A", 8, 2, 30.0, 52.5)):
         ledger.append(cache, row)
-    here = software_fingerprint()
+    here = software_fingerprint(JobEnvironment.with_profile("default"))
     for configuration, torch_version in (("3d_fullres", here["torch"]), ("2d", "2.0.0")):
         target = Target("Dataset001_A", "nnUNetPlans", configuration, "nnUNetTrainer", "cuda:0", 2)
-        write_manifest(cache, target, {**here, "torch": torch_version}, configuration, None, {"counters": {}})
+        write_manifest(cache, target, {**here, "torch": torch_version}, configuration, None, ReplayResult(True, {}))
     metrics_file = tmp_path / "nnunet_warmer.prom"
     assert main(["stats", "--cache-dir", str(cache.root), "--metrics-file", str(metrics_file)]) == 0
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value

@@ -13,7 +13,7 @@ from warmer.pipeline.calls import plan_calls
 from warmer.pipeline.plans import load_plans
 from warmer.pipeline.targets import build_targets
 
-from .conftest import CPU_TRAINER, write_old_format_plans
+from .helpers import CPU_TRAINER, write_old_format_plans
 
 
 def _listed(capsys: pytest.CaptureFixture, *args: str) -> dict:
@@ -74,7 +74,7 @@ def test_inherits_from_resolves_parent_and_overrides(nnunet_env) -> None:
     child_plans = load_plans("990", "nnUNetPlansInherit")
     parent, child = build_targets(child_plans, ["3d_fullres", "3d_small_batch"], CPU_TRAINER, ["cpu"])
     assert child.batch_per_rank == 1
-    parent_calls, child_calls = plan_calls(child_plans, parent), plan_calls(child_plans, child)
+    parent_calls, child_calls = plan_calls(child_plans, parent, "default"), plan_calls(child_plans, child, "default")
     assert [c.inputs[0].shape[1:] for c in child_calls] == [c.inputs[0].shape[1:] for c in parent_calls]
     assert child_calls[0].inputs[0].shape[0] == 1
 
@@ -82,5 +82,5 @@ def test_inherits_from_resolves_parent_and_overrides(nnunet_env) -> None:
 def test_cuda_listing_shows_autocast_dtypes(nnunet_env) -> None:
     dp = load_plans("990")
     (target,) = build_targets(dp, ["3d_fullres"], CPU_TRAINER, ["cuda:0"])
-    train_net = plan_calls(dp, target)[0]
+    train_net = plan_calls(dp, target, "default")[0]
     assert "autocast" in train_net.mode and train_net.outputs[0].dtype == "float16"

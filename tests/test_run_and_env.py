@@ -10,7 +10,7 @@ from pathlib import Path
 
 from warmer.cache.layout import CacheDir
 
-from .conftest import cli
+from .helpers import cli
 
 SPAWNING_SCRIPT = """
 import multiprocessing

@@ -13,7 +13,7 @@ from warmer.cache.layout import CacheDir
 from warmer.cache.trust import make_shared_root
 from warmer.cli import main
 
-from .conftest import CPU_TRAINER
+from .helpers import target_args
 
 
 def _cache_with_entry(tmp_path: Path) -> tuple[Path, Path]:
@@ -28,8 +28,7 @@ def _cache_with_entry(tmp_path: Path) -> tuple[Path, Path]:
 def test_world_writable_entry_is_refused_unless_overridden(nnunet_env, tmp_path, capsys, command: str) -> None:
     cache, entry = _cache_with_entry(tmp_path)
     os.chmod(entry, 0o666)
-    args = {"env": ["env"], "run": ["run"], "status": ["status", "-d", "990", "-c", "2d", "-tr", CPU_TRAINER,
-                                                       "--device", "cpu"]}[command]
+    args = {"env": ["env"], "run": ["run"], "status": ["status", *target_args("2d")]}[command]
     tail = ["--", "true"] if command == "run" else []
     assert main([*args, "--cache-dir", str(cache), *tail]) == 2
     err = capsys.readouterr().err

@@ -17,7 +17,16 @@ import pytest
 
 from warmer.demo.synthetic import NnunetPaths, plan_and_preprocess, write_raw_dataset
 
-from .conftest import BIN, CPU_TRAINER, cli, job_env, write_old_format_plans
+from .helpers import (
+    BIN,
+    CPU_TRAINER,
+    cli,
+    job_env,
+    run_under_warmer,
+    target_args,
+    train_command,
+    write_old_format_plans,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -51,22 +60,19 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _warm(env: dict[str, str], cache: Path, dataset: str, configurations: list[str], plans: str, trainer: str,
           *options: str) -> None:
-    result = cli("warm", "-d", dataset, "-c", *configurations, "-p", plans, "-tr", trainer, "--device", "cpu",
-                 "--cache-dir", str(cache), "--json", *options, env=env)
+    result = cli("warm", *target_args(*configurations, dataset=dataset, plans=plans, trainer=trainer, cache=cache),
+                 "--json", *options, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(t["state"] in ("warm", "already-warm") for t in json.loads(result.stdout)["targets"])
 
 
 def _run(env: dict[str, str], cache: Path, summary_file: Path, command: list[str], *options: str) -> dict:
-    result = cli("run", "--cache-dir", str(cache), "--json", str(summary_file), *options, "--",
-                 str(BIN / command[0]), *command[1:], env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(summary_file.read_text())
+    return run_under_warmer(cache, summary_file, command, env, *options)[1]
 
 
 def _train(env: dict[str, str], cache: Path, tmp_path: Path, dataset: str, configuration: str, plans: str,
-           trainer: str, *extra: str) -> dict:
-    command = ["nnUNetv2_train", dataset, configuration, "0", "-tr", trainer, "-p", plans, "-device", "cpu", *extra]
+           trainer: str) -> dict:
+    command = train_command(dataset, configuration, plans, trainer)
     return _run(env, cache, tmp_path / f"train-{configuration}.json", command)
 
 
@@ -79,16 +85,16 @@ def test_validation_only_and_compiled_predict_miss_nothing(variants, shared_cach
     env, plans = job_env(variants, nnUNet_results=str(results)), "nnUNetPlans"
     _warm(env, shared_cache, "990", ["3d_fullres"], plans, CPU_TRAINER)
     _assert_misses_nothing(_train(env, shared_cache, tmp_path, "990", "3d_fullres", plans, CPU_TRAINER))
-    val = _run(env, shared_cache, tmp_path / "val.json",
-               ["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", CPU_TRAINER, "-device", "cpu", "--val"])
+    val = _run(env, shared_cache, tmp_path / "val.json", train_command("990", "3d_fullres", "nnUNetPlans",
+                                                                       CPU_TRAINER, "--val"))
     _assert_misses_nothing(val)
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(variants.raw / "Dataset990_WarmerDemo" / "imagesTr" / "case_000_0000.nii.gz", images)
     predict = _run(job_env(variants, nnUNet_results=str(results), nnUNet_compile="1"), shared_cache,
                    tmp_path / "predict.json",
-                   ["nnUNetv2_predict", "-i", str(images), "-o", str(tmp_path / "predicted"), "-d", "990", "-c",
-                    "3d_fullres", "-f", "0", "-tr", CPU_TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"])
+                   [str(BIN / "nnUNetv2_predict"), "-i", str(images), "-o", str(tmp_path / "predicted"), "-d", "990",
+                    "-c", "3d_fullres", "-f", "0", "-tr", CPU_TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"])
     _assert_misses_nothing(predict)
     assert (tmp_path / "predicted" / "case_000.nii.gz").is_file()
 
@@ -124,7 +130,7 @@ def test_cascade_lowres_then_fullres_miss_nothing(variants, shared_cache, result
 def test_static_profile_compiles_no_symbolic_shapes(variants, shared_cache, results, tmp_path) -> None:
     env = job_env(variants, nnUNet_results=str(results))
     _warm(env, shared_cache, "990", ["3d_fullres"], "nnUNetPlans", CPU_TRAINER, "--shapes", "static")
-    command = ["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", CPU_TRAINER, "-device", "cpu"]
+    command = train_command("990", "3d_fullres")
     summary = _run(env, shared_cache, tmp_path / "static.json", command, "--shapes", "static")
     _assert_misses_nothing(summary)
     assert summary["symbols"] == 0, summary

@@ -1,9 +1,13 @@
-"""Where things live in a shared cache directory, and the environment that points torch at it.
+"""Every path of a shared cache directory, and the environment that points torch at it. Nothing else spells one.
 
 Layout under the directory a user passes as `--cache-dir`:
-  inductor/   torch's own cache (TORCHINDUCTOR_CACHE_DIR): FX graphs, AOTAutograd entries, kernels, Triton
-  manifests/  one JSON per verified target and environment fingerprint (written by the publish stage)
-  locks/      one lock per target and fingerprint, so only one warmer compiles it at a time
+  inductor/          torch's own cache (TORCHINDUCTOR_CACHE_DIR): FX graphs, AOTAutograd entries, kernels, Triton
+  inductor/locks/    torch's own lock files (not cache entries)
+  manifests/<key>/   one JSON per verified target and environment fingerprint (written by the publish stage)
+  locks/<key>/       one lock per target and fingerprint, so only one warmer compiles it at a time
+  ledger/            one JSON-lines file per host, one record per run and per warmed target
+  quarantine/<time>/ damaged entries and the manifests that listed them, moved aside
+where <key> is a `TargetKey`: dataset/plans/configuration/trainer.
 The warmer and every training job must see the same environment, so both take it from `torch_environment`.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +24,7 @@ from warmer.errors import UserError
 CACHE_DIR_ENV = "NNUNET_WARMER_CACHE_DIR"
 CACHE_DIR_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
 CACHE_SWITCHES = {"TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
+LEDGER_PERIOD_MARKER = "period-start.json"
 
 
 def default_cache_dir() -> Path:
@@ -26,6 +32,22 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_DIR_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "nnunet-warmer"
+
+
+@dataclass(frozen=True)
+class TargetKey:
+    """What names a target in the cache, whatever the device and batch: dataset, plans, configuration, trainer.
+
+    A target's manifests and its locks live under the same sub-path, one file per environment fingerprint."""
+
+    dataset_name: str
+    plans_identifier: str
+    configuration: str
+    trainer: str
+
+    @property
+    def relative(self) -> Path:
+        return Path(self.dataset_name, self.plans_identifier, self.configuration, self.trainer)
 
 
 @dataclass(frozen=True)
@@ -37,12 +59,44 @@ class CacheDir:
         return self.root / "inductor"
 
     @property
+    def torch_locks(self) -> Path:
+        """torch's own lock files: not cache entries, never checksummed."""
+        return self.inductor / "locks"
+
+    @property
     def manifests(self) -> Path:
         return self.root / "manifests"
 
     @property
     def locks(self) -> Path:
         return self.root / "locks"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger"
+
+    @property
+    def ledger_period_marker(self) -> Path:
+        return self.ledger / LEDGER_PERIOD_MARKER
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    def new_quarantine_folder(self) -> Path:
+        return self.quarantine / time.strftime("%Y%m%dT%H%M%S")
+
+    def manifest_folder(self, key: TargetKey) -> Path:
+        return self.manifests / key.relative
+
+    def manifest_path(self, key: TargetKey, fingerprint_id: str) -> Path:
+        return self.manifest_folder(key) / f"{fingerprint_id}.json"
+
+    def lock_path(self, key: TargetKey, fingerprint_id: str) -> Path:
+        return self.locks / key.relative / f"{fingerprint_id}.lock"
+
+    def ledger_file(self, host: str) -> Path:
+        return self.ledger / f"{host}.jsonl"
 
     def torch_environment(self) -> dict[str, str]:
         """Variables a process needs to read and write this cache exactly as the warmer did."""
@@ -66,4 +120,3 @@ class CacheDir:
         if not os.access(probe, os.W_OK | os.X_OK):
             raise UserError(f"cache dir {self.root} is not writable ({probe} denies it): fix its permissions "
                             f"or pass another --cache-dir")
-

@@ -27,24 +27,26 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from filelock import FileLock, Timeout
 
 from warmer.errors import UserError
+from warmer.report import Reporter
 
 POLL_SECONDS = 5.0
-LOCK_KINDS = ("flock", "lease")
+LockKind = Literal["flock", "lease"]
+LOCK_KINDS: tuple[LockKind, ...] = ("flock", "lease")
 DEFAULT_WAIT_TIMEOUT = 7200.0
 DEFAULT_LEASE_SECONDS = 120.0
-Reporter = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class LockPolicy:
-    kind: str = "flock"
+    kind: LockKind = "flock"
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     poll_seconds: float = POLL_SECONDS

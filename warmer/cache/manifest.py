@@ -1,138 +1,112 @@
 """Stage 4: manifests, one per verified target and environment fingerprint, written atomically.
 
 A manifest exists only after a fresh process replayed the target with zero misses, so its presence is
-what `status` (and a scheduler) trusts. Path: manifests/<dataset>/<plans>/<configuration>/<trainer>/<id>.json
-where <id> hashes the fingerprint; several GPU models or torch builds can share one cache side by side.
+what `status` (and a scheduler) trusts. Path: `CacheDir.manifest_path(key, fingerprint_id)`, where the id
+hashes the fingerprint; several GPU models or torch builds can share one cache side by side.
+On disk a manifest is JSON; read back it is a `Manifest`, which knows its own path.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warmer.cache.integrity import entry_checksums
-from warmer.cache.layout import CacheDir
+from warmer.cache.checksums import entry_checksums
+from warmer.cache.files import atomic_write_json
+from warmer.cache.layout import CacheDir, TargetKey
+from warmer.pipeline.results import ReplayResult
 from warmer.pipeline.targets import Target
 
 MANIFEST_VERSION = 1
-TEMP_SUFFIX = ".tmp"
-ABANDONED_AFTER_SECONDS = 86400  # a temp file of another host this old belongs to a writer that died
 
 
-def target_folder(cache: CacheDir, target: Target, base: Path | None = None) -> Path:
-    return ((base or cache.manifests) / target.dataset_name / target.plans_identifier / target.configuration
-            / target.trainer)
+class UnreadableManifestError(ValueError):
+    """A file under manifests/ that is not a manifest (garbled, truncated, or not this format)."""
 
 
-def manifest_path(cache: CacheDir, target: Target, fingerprint_id: str) -> Path:
-    return target_folder(cache, target) / f"{fingerprint_id}.json"
+@dataclass(frozen=True)
+class Manifest:
+    """A verified target: the fingerprint it was verified under, its cold and verify replays, and the checksum
+    ("size:sha256") of every cache entry, keyed by its path relative to the cache dir."""
 
+    path: Path
+    target: Target
+    fingerprint: dict[str, str]
+    fingerprint_id: str
+    cold: ReplayResult | None
+    verify: ReplayResult
+    warmed_at: str
+    verified_at: str
+    host: str
+    entries: dict[str, str]
+    manifest_version: int = MANIFEST_VERSION
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}{TEMP_SUFFIX}")
+    def matches(self, fingerprint: Mapping[str, str], fingerprint_id: str) -> bool:
+        """Verified under exactly this fingerprint."""
+        return self.fingerprint_id == fingerprint_id and self.fingerprint == fingerprint
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"manifest_version": self.manifest_version, "target": self.target.to_dict(),
+                "fingerprint": self.fingerprint, "fingerprint_id": self.fingerprint_id,
+                "cold": self.cold.to_dict() if self.cold is not None else None, "verify": self.verify.to_dict(),
+                "warmed_at": self.warmed_at, "verified_at": self.verified_at, "host": self.host,
+                "entries": self.entries}
 
-def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write to a temp file unique to this host and process, fsync it, rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def remove_abandoned_temps(folder: Path) -> int:
-    """Delete the temp files of writers that died mid-write (SIGKILL, node lost), so a crash leaves no litter.
-
-    A temp file names its writer's host and pid: on this host it is abandoned once that process is gone; a
-    file of another host is abandoned once it is a day old (no write takes that long). Returns how many went."""
-    removed, host = 0, socket.gethostname()
-    for tmp in folder.glob(f".*{TEMP_SUFFIX}") if folder.is_dir() else []:
-        writer_host, _, pid = tmp.name[: -len(TEMP_SUFFIX)].partition(".json.")[2].rpartition(".")
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        """The manifest at `path`; UnreadableManifestError when it cannot be read or is not a manifest."""
         try:
-            if writer_host == host and pid.isdigit():
-                abandoned = not _process_exists(int(pid))
-            else:
-                abandoned = time.time() - tmp.stat().st_mtime > ABANDONED_AFTER_SECONDS
-            if abandoned:
-                tmp.unlink()
-                removed += 1
-        except FileNotFoundError:
-            continue
-    return removed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # someone else's process
-    return True
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or not isinstance(data.get("fingerprint"), dict):
+                raise UnreadableManifestError(f"{path} is not a manifest")
+            return cls(path=path, target=Target.from_dict(data["target"]), fingerprint=data["fingerprint"],
+                       fingerprint_id=str(data["fingerprint_id"]),
+                       cold=ReplayResult.from_dict(data["cold"]) if data.get("cold") else None,
+                       verify=ReplayResult.from_dict(data.get("verify") or {}),
+                       warmed_at=str(data.get("warmed_at", "")), verified_at=str(data.get("verified_at", "")),
+                       host=str(data.get("host", "")), entries=dict(data.get("entries") or {}),
+                       manifest_version=int(data.get("manifest_version", MANIFEST_VERSION)))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise UnreadableManifestError(f"{path}: {e}") from None
 
 
 def write_manifest(cache: CacheDir, target: Target, fingerprint: dict[str, str], fingerprint_id: str,
-                   cold: dict[str, Any] | None, verify: dict[str, Any],
-                   previous: dict[str, Any] | None = None, entries: dict[str, str] | None = None) -> Path:
+                   cold: ReplayResult | None, verify: ReplayResult, previous: Manifest | None = None,
+                   entries: dict[str, str] | None = None) -> Manifest:
     """Publish a verified target; `entries` are the cache's checksums when the caller already has them (one
-    pass over the tree serves every rank of a DDP group)."""
+    pass over the tree serves every rank of a DDP group). A re-verify (`cold` None) keeps the previous
+    manifest's cold replay and warm time."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    cold_record = cold if cold is not None else (previous or {}).get("cold")
-    manifest = {
-        "manifest_version": MANIFEST_VERSION,
-        "target": target.to_dict(),
-        "fingerprint": fingerprint,
-        "fingerprint_id": fingerprint_id,
-        "cold": cold_record,
-        "verify": verify,
-        "warmed_at": (previous or {}).get("warmed_at", now) if cold is None else now,
-        "verified_at": now,
-        "host": socket.gethostname(),
-        "entries": entry_checksums(cache) if entries is None else entries,
-    }
-    path = manifest_path(cache, target, fingerprint_id)
-    atomic_write_json(path, manifest)
-    return path
+    manifest = Manifest(
+        path=cache.manifest_path(target.key, fingerprint_id), target=target, fingerprint=fingerprint,
+        fingerprint_id=fingerprint_id, cold=cold if cold is not None else (previous.cold if previous else None),
+        verify=verify, warmed_at=(previous.warmed_at or now) if cold is None and previous else now, verified_at=now,
+        host=socket.gethostname(), entries=entry_checksums(cache) if entries is None else entries)
+    atomic_write_json(manifest.path, manifest.to_dict())
+    return manifest
 
 
-def read_manifests(cache: CacheDir, target: Target) -> list[dict[str, Any]]:
+def read_manifests(cache: CacheDir, key: TargetKey) -> list[Manifest]:
     """All readable manifests of a target, newest verification first; unreadable ones are skipped."""
-    return read_manifest_folder(target_folder(cache, target))
+    return read_manifest_folder(cache.manifest_folder(key))
 
 
-def read_manifest_folder(folder: Path) -> list[dict[str, Any]]:
+def read_manifest_folder(folder: Path) -> list[Manifest]:
     manifests = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            manifests.append(Manifest.read(path))
+        except UnreadableManifestError:
             continue
-        if isinstance(data, dict) and isinstance(data.get("fingerprint"), dict):
-            data["_path"] = str(path)
-            manifests.append(data)
-    manifests.sort(key=lambda m: str(m.get("verified_at", "")), reverse=True)
+    manifests.sort(key=lambda m: m.verified_at, reverse=True)
     return manifests
 
 
-def matching_manifest(manifests: list[dict[str, Any]], fingerprint: dict[str, str],
-                      fingerprint_id: str) -> dict[str, Any] | None:
+def matching_manifest(manifests: list[Manifest], fingerprint: dict[str, str], fingerprint_id: str) -> Manifest | None:
     """The manifest verified under exactly this fingerprint, if any."""
-    return next((m for m in manifests if m.get("fingerprint_id") == fingerprint_id
-                 and m.get("fingerprint") == fingerprint), None)
+    return next((m for m in manifests if m.matches(fingerprint, fingerprint_id)), None)

@@ -1,4 +1,4 @@
-"""Stage 4's reader: is each target warm for *this* environment? What a scheduler asks before training.
+"""Stage 4's reader: is each target warm for a job environment? What a scheduler asks before training.
 
 warm    - a manifest verified under exactly this fingerprint exists, and its entries match their checksums
 damaged - that manifest exists, but entries it lists are missing or altered (`warm` repairs them)
@@ -8,44 +8,63 @@ cold    - no manifest for this target
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
-from warmer.cache import integrity
-from warmer.cache import manifest as publish
+from warmer.cache.integrity import manifest_damage
 from warmer.cache.layout import CacheDir
+from warmer.cache.manifest import matching_manifest, read_manifests
 from warmer.pipeline.fingerprint import differences, fingerprint_id, target_fingerprint
 from warmer.pipeline.plans import DatasetPlans
+from warmer.pipeline.profiles import JobEnvironment
 from warmer.pipeline.targets import Target
 
+State = Literal["warm", "damaged", "stale", "cold"]
 
-def target_status(dp: DatasetPlans, target: Target, cache: CacheDir) -> dict[str, Any]:
-    fingerprint = target_fingerprint(dp, target)
+
+@dataclass(frozen=True)
+class TargetStatus:
+    """One target's state for one environment, the manifest it was judged by, and what differs."""
+
+    target: Target
+    fingerprint_id: str
+    state: State
+    manifest: Path | None = None
+    differences: tuple[str, ...] = ()
+    verified_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"target": self.target.to_dict(), "label": self.target.label,
+                                  "fingerprint_id": self.fingerprint_id, "state": self.state,
+                                  "manifest": str(self.manifest) if self.manifest is not None else None,
+                                  "differences": list(self.differences)}
+        if self.state == "warm":
+            record["verified_at"] = self.verified_at
+        return record
+
+    def describe(self) -> str:
+        line = f"{self.state:7}  {self.target.label}  batch {self.target.batch_per_rank} on {self.target.device}"
+        if self.state in ("stale", "damaged"):
+            line += "  (" + "; ".join(self.differences) + ")"
+            if any(d.startswith("automatic_dynamic_shapes:") for d in self.differences):
+                line += "  [warmed under the other --shapes profile: warm and train with the same one]"
+        return line
+
+
+def target_status(dp: DatasetPlans, target: Target, cache: CacheDir, environment: JobEnvironment) -> TargetStatus:
+    fingerprint = target_fingerprint(dp, target, environment)
     fp_id = fingerprint_id(fingerprint)
-    manifests = publish.read_manifests(cache, target)
-    record: dict[str, Any] = {"target": target.to_dict(), "label": target.label, "fingerprint_id": fp_id}
-    match = publish.matching_manifest(manifests, fingerprint, fp_id)
-    broken = integrity.manifest_damage(cache, match) if match is not None else []
-    if match is not None and broken:
-        record.update(state="damaged", manifest=match["_path"],
-                      differences=[f"{len(broken)} cache entries missing or altered since the verify, e.g. "
-                                   f"{broken[0]}: warm again to repair"])
-    elif match is not None:
-        record.update(state="warm", manifest=match["_path"], verified_at=match.get("verified_at"),
-                      differences=[])
-    elif manifests:
-        closest = min(manifests, key=lambda m: len(differences(m["fingerprint"], fingerprint)))
-        record.update(state="stale", manifest=closest["_path"],
-                      differences=differences(closest["fingerprint"], fingerprint))
-    else:
-        record.update(state="cold", manifest=None, differences=[])
-    return record
-
-
-def describe(record: dict[str, Any]) -> str:
-    line = f"{record['state']:7}  {record['label']}  batch {record['target']['batch_per_rank']} on " \
-           f"{record['target']['device']}"
-    if record["state"] in ("stale", "damaged"):
-        line += "  (" + "; ".join(record["differences"]) + ")"
-        if any(d.startswith("automatic_dynamic_shapes:") for d in record["differences"]):
-            line += "  [warmed under the other --shapes profile: warm and train with the same one]"
-    return line
+    manifests = read_manifests(cache, target.key)
+    match = matching_manifest(manifests, fingerprint, fp_id)
+    if match is not None:
+        broken = manifest_damage(cache, match)
+        if broken:
+            return TargetStatus(target, fp_id, "damaged", match.path,
+                                (f"{len(broken)} cache entries missing or altered since the verify, e.g. "
+                                 f"{broken[0]}: warm again to repair",))
+        return TargetStatus(target, fp_id, "warm", match.path, verified_at=match.verified_at)
+    if manifests:
+        closest = min(manifests, key=lambda m: len(differences(m.fingerprint, fingerprint)))
+        return TargetStatus(target, fp_id, "stale", closest.path, tuple(differences(closest.fingerprint, fingerprint)))
+    return TargetStatus(target, fp_id, "cold")

@@ -9,9 +9,11 @@ from your umask.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from warmer.cache.layout import CacheDir
@@ -64,3 +66,17 @@ def make_shared_root(cache: CacheDir) -> None:
     os.umask(umask)
     cache.root.mkdir(parents=True)
     os.chmod(cache.root, (0o777 & ~umask) | stat.S_ISGID)
+
+
+@contextlib.contextmanager
+def shared_root_for_writing(cache: CacheDir) -> Iterator[None]:
+    """Check that the cache dir can be written and create it shared (`make_shared_root`); a cache dir created
+    here is removed again if nothing was compiled into it, so a failed first warm leaves nothing behind."""
+    cache.require_writable()
+    existed = cache.root.exists()
+    make_shared_root(cache)
+    try:
+        yield
+    finally:
+        if not existed:
+            cache.remove_if_empty()

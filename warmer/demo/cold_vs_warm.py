@@ -32,6 +32,7 @@ def run_demo(workdir: Path, configurations: list[str], as_json: bool) -> int:
     import torch
 
     from warmer.pipeline.plans import load_plans
+    from warmer.pipeline.profiles import JobEnvironment
     from warmer.pipeline.targets import build_targets
     from warmer.pipeline.warm import warm_target
 
@@ -39,12 +40,13 @@ def run_demo(workdir: Path, configurations: list[str], as_json: bool) -> int:
     workdir = workdir.absolute()
     paths = NnunetPaths(workdir)
     use_demo_dataset(paths, configurations, _say)
+    environment = JobEnvironment.with_profile("default")
     dp = load_plans(str(DEFAULT_DATASET_ID))
     cache, cold_cache = CacheDir(workdir / "cache"), CacheDir(workdir / "cold-cache")
     rows: list[dict[str, Any]] = []
     for target in build_targets(dp, configurations, DEMO_TRAINER, [device]):
         _say(f"{target.configuration}: warming the cache at {cache.root}")
-        outcome = warm_target(dp, target, cache, lambda m, c=target.configuration: _say(f"{c}: {m}"))
+        outcome = warm_target(dp, target, cache, lambda m, c=target.configuration: _say(f"{c}: {m}"), environment)
         _say(f"{target.configuration}: {outcome.message}")
         shutil.rmtree(cold_cache.root, ignore_errors=True)
         runs = {}
@@ -54,18 +56,20 @@ def run_demo(workdir: Path, configurations: list[str], as_json: bool) -> int:
             log_path.parent.mkdir(exist_ok=True)
             _say(f"{target.configuration}: real nnUNetv2_train on the {label} cache (log: {log_path}) ...")
             with open(log_path, "w") as log:
-                code, summary = run_and_record(train_command(DEFAULT_DATASET_ID, target.configuration, device),
-                                               use, report=_say, output=log)
-            if code != 0:
-                _say(f"{target.configuration}: nnUNetv2_train failed with exit code {code}, see {log_path}")
+                summary = run_and_record(train_command(DEFAULT_DATASET_ID, target.configuration, device),
+                                         use, environment, report=_say, output=log)
+            if summary.exit_code != 0:
+                _say(f"{target.configuration}: nnUNetv2_train failed with exit code {summary.exit_code}, "
+                     f"see {log_path}")
                 return 1
             runs[label] = summary
+        cold, warm = runs["cold"], runs["warm"]
         rows.append({"configuration": target.configuration, "batch": target.batch_per_rank, "device": device,
-                     "cold_wall_s": runs["cold"]["wall_seconds"], "warm_wall_s": runs["warm"]["wall_seconds"],
-                     "cold_compile_s": runs["cold"]["compile_seconds"],
-                     "warm_compile_s": runs["warm"]["compile_seconds"],
-                     "warm_fx_miss": runs["warm"]["fx_miss"], "warm_aot_miss": runs["warm"]["aot_miss"],
-                     "warm_fx_hit": runs["warm"]["fx_hit"]})
+                     "cold_wall_s": cold.wall_seconds, "warm_wall_s": warm.wall_seconds,
+                     "cold_compile_s": cold.counters.compile_seconds,
+                     "warm_compile_s": warm.counters.compile_seconds,
+                     "warm_fx_miss": warm.counters.fx_miss, "warm_aot_miss": warm.counters.aot_miss,
+                     "warm_fx_hit": warm.counters.fx_hit})
     if as_json:
         print(json.dumps(rows, indent=1))
     else:

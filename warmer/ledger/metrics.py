@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from warmer.cache import manifest as publish
 from warmer.cache.layout import CacheDir
+from warmer.cache.manifest import read_manifest_folder
 from warmer.errors import UserError
 from warmer.pipeline.fingerprint import software_fingerprint
+from warmer.pipeline.profiles import JobEnvironment
 
 LEDGER_GAUGES = (
     ("runs", "runs", "Wrapped training/predict runs recorded in the period"),
@@ -26,21 +27,21 @@ LEDGER_GAUGES = (
 )
 
 
-def target_states(cache: CacheDir) -> dict[str, int]:
+def target_states(cache: CacheDir, environment: JobEnvironment) -> dict[str, int]:
     """Targets whose newest manifest was verified with this host's software ("warm") or other software."""
-    here = software_fingerprint()
+    here = software_fingerprint(environment)
     states = {"warm": 0, "stale": 0}
     folders = {p.parent for p in cache.manifests.rglob("*.json")} if cache.manifests.is_dir() else set()
     for folder in folders:
-        manifests = publish.read_manifest_folder(folder)
+        manifests = read_manifest_folder(folder)
         if not manifests:
             continue
-        fingerprint = manifests[0]["fingerprint"]
+        fingerprint = manifests[0].fingerprint
         states["warm" if all(fingerprint.get(k) == v for k, v in here.items()) else "stale"] += 1
     return states
 
 
-def write_metrics(path: Path, cache: CacheDir, summary: dict[str, Any]) -> None:
+def write_metrics(path: Path, cache: CacheDir, summary: dict[str, Any], environment: JobEnvironment) -> None:
     try:
         from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
     except ImportError:
@@ -53,7 +54,7 @@ def write_metrics(path: Path, cache: CacheDir, summary: dict[str, Any]) -> None:
             gauge.labels(*(group[label] for label in labels)).set(group[key])
     targets = Gauge("nnunet_warmer_targets", "Targets in the cache by state for this host's software", ["state"],
                     registry=registry)
-    for state, count in target_states(cache).items():
+    for state, count in target_states(cache, environment).items():
         targets.labels(state).set(count)
     try:
         write_to_textfile(str(path), registry)

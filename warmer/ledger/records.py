@@ -1,6 +1,6 @@
 """The ledger: one JSON line per `run` and per warmed target, appended to the shared cache directory.
 
-Each host appends to its own file (`ledger/<host>.jsonl`) under an flock, one `write` per record, then
+Each host appends to its own file (`CacheDir.ledger_file(host)`) under an flock, one `write` per record, then
 fsyncs, so concurrent writers on one host never interleave and hosts never append to the same file over NFS.
 Readers skip lines they cannot parse (a crash mid-write can leave a torn last line).
 """
@@ -11,29 +11,22 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from filelock import FileLock
 
+from warmer.cache.files import atomic_write_json
 from warmer.cache.layout import CacheDir
-from warmer.cache.manifest import atomic_write_json
-
-ZERO_MARKER = "period-start.json"
-
-
-def ledger_dir(cache: CacheDir) -> Path:
-    return cache.root / "ledger"
+from warmer.report import Reporter
 
 
 def append(cache: CacheDir, record: dict[str, Any]) -> None:
     """Append one record (time and host are added) to this host's ledger file."""
-    folder = ledger_dir(cache)
-    folder.mkdir(parents=True, exist_ok=True)
+    cache.ledger.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()
     line = json.dumps({"time": time.time(), "host": host, **record}, sort_keys=True, default=str) + "\n"
-    path = folder / f"{host}.jsonl"
+    path = cache.ledger_file(host)
     with FileLock(str(path) + ".lock"):
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o664)
         try:
@@ -46,7 +39,7 @@ def append(cache: CacheDir, record: dict[str, Any]) -> None:
             os.close(fd)
 
 
-def append_or_warn(cache: CacheDir, record: dict[str, Any], warn: Callable[[str], None]) -> None:
+def append_or_warn(cache: CacheDir, record: dict[str, Any], warn: Reporter) -> None:
     """Append, but a cache dir this user cannot write must not fail the job: say so and go on."""
     try:
         append(cache, record)
@@ -56,8 +49,7 @@ def append_or_warn(cache: CacheDir, record: dict[str, Any], warn: Callable[[str]
 
 def records(cache: CacheDir, since: float = 0.0) -> Iterator[dict[str, Any]]:
     """Every parseable record of every host at or after `since` (seconds since the epoch)."""
-    folder = ledger_dir(cache)
-    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+    for path in sorted(cache.ledger.glob("*.jsonl")) if cache.ledger.is_dir() else []:
         with open(path) as f:
             for line in f:
                 try:
@@ -71,12 +63,12 @@ def records(cache: CacheDir, since: float = 0.0) -> Iterator[dict[str, Any]]:
 def period_start(cache: CacheDir) -> float:
     """When `stats --zero` last started a new period (0 if never)."""
     try:
-        return float(json.loads((ledger_dir(cache) / ZERO_MARKER).read_text())["since"])
+        return float(json.loads(cache.ledger_period_marker.read_text())["since"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0.0
 
 
 def start_new_period(cache: CacheDir) -> float:
     now = time.time()
-    atomic_write_json(ledger_dir(cache) / ZERO_MARKER, {"since": now})
+    atomic_write_json(cache.ledger_period_marker, {"since": now})
     return now

@@ -2,60 +2,34 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
+from datetime import datetime
 from typing import Any
 
-from warmer.cache import manifest as publish
 from warmer.cache.layout import CacheDir
 from warmer.errors import UserError
-from warmer.ledger import records as ledger
-from warmer.pipeline.plans import resolve_dataset_name
-from warmer.pipeline.targets import Target
+from warmer.ledger import records
 
 COUNTERS = ("fx_hit", "fx_miss", "aot_hit", "aot_miss")
 
 
-def nnunet_target_of(command: list[str]) -> dict[str, str]:
-    """Dataset, configuration, trainer, plans and device of an `nnUNetv2_train` / `nnUNetv2_predict` command."""
-    program = command[0].rsplit("/", 1)[-1] if command else ""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("-tr", default="nnUNetTrainer")
-    parser.add_argument("-p", default="nnUNetPlans")
-    parser.add_argument("-device", default="cuda")
-    if program == "nnUNetv2_train":
-        parser.add_argument("dataset")
-        parser.add_argument("configuration")
-    elif program == "nnUNetv2_predict":
-        parser.add_argument("-d", dest="dataset")
-        parser.add_argument("-c", dest="configuration")
-    else:
-        return {}
-    known, _ = parser.parse_known_args(command[1:])
-    dataset = str(known.dataset)
-    with contextlib.suppress(UserError):
-        dataset = resolve_dataset_name(dataset)
-    return {"dataset": dataset, "configuration": str(known.configuration), "trainer": known.tr, "plans": known.p,
-            "device": "cuda:0" if known.device == "cuda" else known.device}
-
-
-def estimated_seconds_saved(cache: CacheDir, target: dict[str, str], compile_seconds: float) -> float:
-    """Cold compile seconds recorded by the newest matching manifest, minus what this run still compiled."""
-    if not target:
-        return 0.0
-    probe = Target(target["dataset"], target["plans"], target["configuration"], target["trainer"], "", 0)
-    manifests = [m for m in publish.read_manifests(cache, probe) if (m.get("cold") or {}).get("counters")]
-    if not manifests:
-        return 0.0
-    cold = float(manifests[0]["cold"]["counters"].get("compile_seconds", 0.0))
-    return round(max(cold - compile_seconds, 0.0), 3)
+def parse_since(value: str) -> float:
+    """`--since`: an ISO date or seconds since the epoch."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise UserError(f"--since '{value}' is neither a date (2026-11-29T08:00) nor seconds since the epoch: "
+                        f"fix --since") from None
 
 
 def summarize(cache: CacheDir, since: float) -> dict[str, Any]:
     totals: dict[str, Any] = {k: 0 for k in COUNTERS}
     totals.update(runs=0, warms=0, compile_seconds=0.0, warm_compile_seconds=0.0, estimated_seconds_saved=0.0)
     groups: dict[str, dict[str, Any]] = {}
-    for record in ledger.records(cache, since):
+    for record in records.records(cache, since):
         labels = {"dataset": str(record.get("dataset", "?")), "configuration": str(record.get("configuration", "?")),
                   "gpu": str(record.get("gpu_name") or "cpu")}
         key = "/".join(labels.values())

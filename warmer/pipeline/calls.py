@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from warmer.pipeline.plans import DatasetPlans
-from warmer.pipeline.profiles import active_profile
+from warmer.pipeline.profiles import Profile
 from warmer.pipeline.targets import Target
 
 
@@ -73,9 +73,9 @@ def deep_supervision_scales(strides: list[list[int]]) -> list[tuple[float, ...]]
     return scales[:-1]
 
 
-def plan_calls(dp: DatasetPlans, target: Target) -> list[CompiledCall]:
+def plan_calls(dp: DatasetPlans, target: Target, profile: Profile) -> list[CompiledCall]:
     """Every compiled call of one training run (train step, validation step, final validation), and of a process
-    that only predicts."""
+    that only predicts, under a shapes profile."""
     cm = dp.configuration(target.configuration)
     lm = dp.label_manager()
     patch = [int(p) for p in cm.patch_size]
@@ -93,7 +93,7 @@ def plan_calls(dp: DatasetPlans, target: Target) -> list[CompiledCall]:
         target_channels, target_dtype = 1, "int16"
 
     scales = deep_supervision_scales(strides)
-    static = active_profile() == "static"
+    static = profile == "static"
 
     def shape_note(scale: int) -> str:
         if static:

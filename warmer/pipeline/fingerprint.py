@@ -1,14 +1,13 @@
 """The environment fingerprint: everything torch's cache keys depend on that differs between nodes and jobs.
 
 A manifest is valid only for the exact fingerprint it was verified under. `status` recomputes the
-fingerprint in the current environment and names the parts that differ when it does not match.
+fingerprint for the job environment it is given and names the parts that differ when it does not match.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import sys
 from importlib import metadata
@@ -16,7 +15,7 @@ from typing import Any
 
 from warmer.cache.layout import CACHE_DIR_VARIABLE, CACHE_SWITCHES
 from warmer.pipeline.plans import DatasetPlans, find_trainer_class, plans_hash, trainer_source_hash
-from warmer.pipeline.profiles import RECOMPILE_LIMIT_VARIABLE
+from warmer.pipeline.profiles import RECOMPILE_LIMIT_VARIABLE, JobEnvironment
 from warmer.pipeline.targets import Target
 
 COMPILE_ENV_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_DYNAMO_", "TORCH_COMPILE_")
@@ -49,20 +48,20 @@ def _cpu_model() -> str:
         return ""
 
 
-def compile_environment() -> str:
+def compile_environment(environment: JobEnvironment) -> str:
     """Compiler switches set in the environment (they change inductor's config, hence every key).
 
     The cache location and the cache switches that `nnunet-warmer env` sets itself are left out.
     """
     ours = {CACHE_DIR_VARIABLE, *CACHE_SWITCHES, "TORCH_COMPILE_CACHE_KEY_TAG"}
-    relevant = {k: v for k, v in os.environ.items()
+    relevant = {k: v for k, v in environment.variables.items()
                 if k.startswith(COMPILE_ENV_PREFIXES) and k not in ours}
     return json.dumps(relevant, sort_keys=True) if relevant else ""
 
 
-def software_fingerprint() -> dict[str, str]:
+def software_fingerprint(environment: JobEnvironment) -> dict[str, str]:
+    """The parts every target of a job environment shares: software versions and compiler settings."""
     import torch
-    import torch._dynamo.config as dynamo_config
 
     return {
         "python": platform.python_version(),
@@ -72,17 +71,17 @@ def software_fingerprint() -> dict[str, str]:
         "triton": _version("triton"),
         "nnunetv2": _version("nnunetv2"),
         "dynamic_network_architectures": _version("dynamic_network_architectures"),
-        "automatic_dynamic_shapes": str(bool(dynamo_config.automatic_dynamic_shapes)),
-        "recompile_limit": os.environ.get(RECOMPILE_LIMIT_VARIABLE, "default"),
-        "cache_key_tag": os.environ.get("TORCH_COMPILE_CACHE_KEY_TAG", ""),
-        "compile_env": compile_environment(),
+        "automatic_dynamic_shapes": str(environment.automatic_dynamic_shapes),
+        "recompile_limit": environment.get(RECOMPILE_LIMIT_VARIABLE, "default"),
+        "cache_key_tag": environment.get("TORCH_COMPILE_CACHE_KEY_TAG", ""),
+        "compile_env": compile_environment(environment),
         "platform": sys.platform,
     }
 
 
-def target_fingerprint(dp: DatasetPlans, target: Target) -> dict[str, str]:
-    """The full fingerprint of one target in the current environment (flat, string-valued)."""
-    fingerprint = software_fingerprint()
+def target_fingerprint(dp: DatasetPlans, target: Target, environment: JobEnvironment) -> dict[str, str]:
+    """The full fingerprint of one target in a job environment (flat, string-valued)."""
+    fingerprint = software_fingerprint(environment)
     fingerprint.update(device_description(target.device))
     fingerprint.update({
         "trainer": target.trainer,

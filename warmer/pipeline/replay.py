@@ -1,9 +1,9 @@
 """Stage 2: replay the compiled calls of one nnU-Net training run, in a fresh process, on synthetic tensors.
 
-Run as `python -m warmer.pipeline.replay SPEC.json RESULT.json`. The trainer is built with nnU-Net's own
-`get_trainer_from_args` and `initialize()`; batches come from the trainer's own validation transforms
-(deep-supervision downsampling, regions, cascade channels), so dtypes and shapes are the ones its data
-loader produces. The sequence follows `run_training` + `perform_actual_validation`:
+Run as `python -m warmer.pipeline.replay SPEC.json RESULT.json` (a `ReplaySpec` in, a `ReplayResult` out).
+The trainer is built with nnU-Net's own `get_trainer_from_args` and `initialize()`; batches come from the
+trainer's own validation transforms (deep-supervision downsampling, regions, cascade channels), so dtypes and
+shapes are the ones its data loader produces. The sequence follows `run_training` + `perform_actual_validation`:
   1. `train_step` (train mode, grad, the trainer's autocast and GradScaler, optimizer step)
   2. `validation_step` under `torch.no_grad()` after `on_validation_epoch_start` (eval)
   3. deep supervision off, eval, the sliding-window predictor on one patch-sized image (inference_mode,
@@ -30,8 +30,13 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from warmer.pipeline.results import ReplayResult, ReplaySpec
+from warmer.pipeline.targets import Target
 
 PROGRESS_PREFIX = "@@nnunet-warmer "
 
@@ -51,7 +56,7 @@ def _set_threads_like_nnunet(device_type: str) -> None:
         torch.set_num_interop_threads(1)
 
 
-def _join_process_group(target: Any) -> None:
+def _join_process_group(target: Target) -> None:
     """`run_training.run_ddp`'s order: init the group (MASTER_ADDR/PORT from the parent), then pick the GPU."""
     import torch
     import torch.distributed as dist
@@ -119,7 +124,7 @@ def _final_validation_image(trainer: Any) -> Any:
     return torch.from_numpy(np.zeros(shape, dtype=np.float32))
 
 
-def _timed(phase: str, device: Any, fn: Any) -> float:
+def _timed(phase: str, device: Any, fn: Callable[[], None]) -> float:
     import torch
 
     progress(f"{phase} ...")
@@ -132,25 +137,21 @@ def _timed(phase: str, device: Any, fn: Any) -> float:
     return seconds
 
 
-def replay(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
-    from warmer.pipeline.targets import Target
-
-    target = Target.from_dict(spec["target"])
-    device_type = target.device.split(":")[0]
-    _set_threads_like_nnunet(device_type)
-    import torch
+def _predictor(device: Any) -> Any:
+    """nnU-Net's predictor as the final validation and `nnUNetv2_predict` configure it."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    return nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                           perform_everything_on_device=True, device=device, verbose=False,
+                           verbose_preprocessing=False, allow_tqdm=False)
+
+
+def _build_trainer(target: Target, scratch: Path) -> Any:
+    """nnU-Net's trainer for `target`, as `nnUNetv2_train` builds it (after joining the DDP group)."""
+    import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from warmer.pipeline.fingerprint import target_fingerprint
-    from warmer.pipeline.plans import load_plans
-    from warmer.run import counters
-
-    counters.count_symbolic_shapes()
-    wall_start = time.perf_counter()
-    fingerprint = target_fingerprint(load_plans(target.dataset_name, target.plans_identifier), target)
-    ddp = target.world_size > 1
-    if ddp:
+    if target.world_size > 1:
         progress(f"joining the process group as rank {target.rank} of {target.world_size}")
         _join_process_group(target)
     progress("building trainer")
@@ -159,58 +160,54 @@ def replay(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
     if torch.device(target.device) != trainer.device:
         raise RuntimeError(f"{target.trainer} put rank {target.rank} on {trainer.device}, not {target.device} "
                            f"(nnU-Net runs DDP on CUDA only): warm with --device cuda")
-    compiles = bool(trainer._do_i_compile())
-    if not compiles and not spec.get("allow_eager", False):
-        return {"compiles": False, "fingerprint": fingerprint}
-    if torch.cuda.is_available():
-        torch.backends.cudnn.deterministic = False
-        torch.backends.cudnn.benchmark = True
-    _point_at_data_or_placeholder(trainer, scratch)
-    trainer.initialize()
-    if trainer.batch_size != target.batch_per_rank:
-        raise RuntimeError(f"trainer batch {trainer.batch_size} != target batch {target.batch_per_rank}")
-    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-    trainer.set_deep_supervision_enabled(trainer.enable_deep_supervision)
-    batch = _synthetic_batch(trainer)
-    device = trainer.device
+    return trainer
 
-    times: dict[str, float] = {}
 
-    def train() -> None:
-        trainer.on_train_epoch_start()
-        trainer.train_step(batch)
+@dataclass
+class _TrainingRun:
+    """An initialized trainer and a synthetic batch; each method is one phase of a training run, replayed."""
 
-    def validate() -> None:
+    trainer: Any
+    batch: dict[str, Any]
+    scratch: Path
+    compile_seconds_before_reset: float = 0.0
+
+    def train_step(self) -> None:
+        self.trainer.on_train_epoch_start()
+        self.trainer.train_step(self.batch)
+
+    def validation_step(self) -> None:
+        import torch
+
         with torch.no_grad():
-            trainer.on_validation_epoch_start()
-            trainer.validation_step(batch)
+            self.trainer.on_validation_epoch_start()
+            self.trainer.validation_step(self.batch)
 
-    def final_validation() -> None:
+    def final_validation(self) -> None:
+        trainer = self.trainer
         trainer.set_deep_supervision_enabled(False)
         trainer.network.eval()
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                    perform_everything_on_device=True, device=device, verbose=False,
-                                    verbose_preprocessing=False, allow_tqdm=False)
+        predictor = _predictor(trainer.device)
         predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager,
                                         None, trainer.dataset_json, trainer.__class__.__name__,
                                         trainer.inference_allowed_mirroring_axes)
         predictor.predict_sliding_window_return_logits(_final_validation_image(trainer))
         trainer.set_deep_supervision_enabled(True)
 
-    timers_before_reset = {"compile_seconds": 0.0}
+    def fresh_inference(self) -> None:
+        import torch
 
-    def fresh_inference() -> None:
+        from warmer.run import counters
+
         # reset() clears dynamo's compile timers (not the hit/miss counters): keep what was spent so far
-        timers_before_reset["compile_seconds"] = counters.snapshot()["compile_seconds"]
+        self.compile_seconds_before_reset = counters.snapshot().compile_seconds
         torch._dynamo.reset()
-        model = scratch / "model"
+        trainer, model = self.trainer, self.scratch / "model"
         (model / "fold_0").mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(str(model / "fold_0" / "checkpoint_final.pth"))
         (model / "plans.json").write_text(json.dumps(trainer.plans_manager.plans))
         (model / "dataset.json").write_text(json.dumps(trainer.dataset_json))
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                    perform_everything_on_device=True, device=device, verbose=False,
-                                    verbose_preprocessing=False, allow_tqdm=False)
+        predictor = _predictor(trainer.device)
         previous = os.environ.get("nnUNet_compile")
         os.environ["nnUNet_compile"] = "1"
         try:
@@ -222,33 +219,65 @@ def replay(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
                 os.environ["nnUNet_compile"] = previous
         predictor.predict_sliding_window_return_logits(_final_validation_image(trainer))
 
-    times["train_step"] = _timed("train_step", device, train)
-    times["validation_step"] = _timed("validation_step", device, validate)
+
+def replay(spec: ReplaySpec, scratch: Path) -> ReplayResult:
+    target = spec.target
+    _set_threads_like_nnunet(target.device.split(":")[0])
+    import torch
+    import torch._dynamo.config as dynamo_config
+
+    from warmer.pipeline.fingerprint import target_fingerprint
+    from warmer.pipeline.plans import load_plans
+    from warmer.pipeline.profiles import JobEnvironment
+    from warmer.run import counters
+
+    counters.count_symbolic_shapes()
+    wall_start = time.perf_counter()
+    environment = JobEnvironment(os.environ)  # this process was started with the job environment
+    if dynamo_config.automatic_dynamic_shapes != environment.automatic_dynamic_shapes:
+        raise RuntimeError(f"torch's automatic_dynamic_shapes is {dynamo_config.automatic_dynamic_shapes}, but the "
+                           f"environment selects {environment.automatic_dynamic_shapes}: report this torch version")
+    fingerprint = target_fingerprint(load_plans(target.dataset_name, target.plans_identifier), target, environment)
+    trainer = _build_trainer(target, scratch)
+    compiles = bool(trainer._do_i_compile())
+    if not compiles and not spec.allow_eager:
+        return ReplayResult(compiles=False, fingerprint=fingerprint)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+    _point_at_data_or_placeholder(trainer, scratch)
+    trainer.initialize()
+    if trainer.batch_size != target.batch_per_rank:
+        raise RuntimeError(f"trainer batch {trainer.batch_size} != target batch {target.batch_per_rank}")
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    trainer.set_deep_supervision_enabled(trainer.enable_deep_supervision)
+    run = _TrainingRun(trainer, _synthetic_batch(trainer), scratch)
+    device = trainer.device
+
+    times = {"train_step": _timed("train_step", device, run.train_step),
+             "validation_step": _timed("validation_step", device, run.validation_step)}
     # benchmarks only: more train steps, in training's order (before the final validation and the reset)
-    steady = [_timed(f"steady train_step {i + 1}", device, train) for i in range(int(spec.get("steady_steps", 0)))]
-    times["final_validation"] = _timed("final_validation", device, final_validation)
-    if not ddp:
-        times["fresh_inference"] = _timed("fresh_inference", device, fresh_inference)
-    if ddp:
+    steady = [_timed(f"steady train_step {i + 1}", device, run.train_step) for i in range(spec.steady_steps)]
+    times["final_validation"] = _timed("final_validation", device, run.final_validation)
+    if target.world_size > 1:
         torch.distributed.destroy_process_group()
+    else:
+        times["fresh_inference"] = _timed("fresh_inference", device, run.fresh_inference)
     totals = counters.snapshot()
-    totals["compile_seconds"] = round(totals["compile_seconds"] + timers_before_reset["compile_seconds"], 3)
-    return {
-        "steady_train_step": round(sorted(steady)[len(steady) // 2], 4) if steady else None,
-        "compiles": compiles,
-        "fingerprint": fingerprint,
-        "phases": {k: round(v, 3) for k, v in times.items()},
-        "counters": totals,
-        "wall_seconds": round(time.perf_counter() - wall_start, 3),
-    }
+    totals = counters.Counters(**{**totals.to_dict(), "compile_seconds": round(
+        totals.compile_seconds + run.compile_seconds_before_reset, 3)})
+    return ReplayResult(
+        compiles=compiles, fingerprint=fingerprint, phases={k: round(v, 3) for k, v in times.items()},
+        counters=totals, wall_seconds=round(time.perf_counter() - wall_start, 3),
+        steady_train_step=round(sorted(steady)[len(steady) // 2], 4) if steady else None)
 
 
 def main(argv: list[str]) -> int:
     spec_path, result_path = Path(argv[0]), Path(argv[1])
-    spec = json.loads(spec_path.read_text())
+    spec = ReplaySpec.from_dict(json.loads(spec_path.read_text()))
     try:
         with tempfile.TemporaryDirectory(prefix="nnunet-warmer-replay-") as scratch:
-            result = replay(spec, Path(scratch))
+            result = replay(spec, Path(scratch)).to_dict()
         code = 0
     except Exception as e:  # reported to the parent, which prints it with the log
         result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from warmer.cache.layout import TargetKey
 from warmer.errors import UserError
-
-if TYPE_CHECKING:
-    from warmer.pipeline.plans import DatasetPlans
+from warmer.pipeline.compat import check_versions
+from warmer.pipeline.plans import DatasetPlans, find_trainer_class, load_plans, resolve_configurations
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,10 @@ class Target:
     batch_per_rank: int
     rank: int = 0
     world_size: int = 1
+
+    @property
+    def key(self) -> TargetKey:
+        return TargetKey(self.dataset_name, self.plans_identifier, self.configuration, self.trainer)
 
     @property
     def label(self) -> str:
@@ -97,3 +101,26 @@ def build_targets(dp: DatasetPlans, configurations: list[str], trainer: str, dev
             targets.append(Target(dp.dataset_name, dp.plans_identifier, name, trainer, devices[rank], share,
                                   rank, len(devices)))
     return targets
+
+
+@dataclass(frozen=True)
+class TargetRequest:
+    """What a user asked to list, warm or check: nnU-Net's -d -c -p -tr, the device and the DDP world size."""
+
+    dataset: str
+    configurations: tuple[str, ...] = ()
+    plans_identifier: str = "nnUNetPlans"
+    trainer: str = "nnUNetTrainer"
+    device: str = "auto"
+    num_gpus: int = 1
+
+
+def select_targets(request: TargetRequest, dry_run: bool = False) -> tuple[DatasetPlans, list[Target]]:
+    """The plans and the targets of a request, every part checked first (versions, plans, configurations,
+    trainer, devices) with one-line errors. A dry run may list CUDA ranks on a machine without them."""
+    check_versions()
+    dp = load_plans(request.dataset, request.plans_identifier)
+    configurations = resolve_configurations(dp, list(request.configurations) or None)
+    find_trainer_class(request.trainer)
+    devices = ddp_devices(request.num_gpus, request.device, dry_run) or [resolve_device(request.device)]
+    return dp, build_targets(dp, configurations, request.trainer, devices)

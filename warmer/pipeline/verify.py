@@ -12,24 +12,24 @@ shows that.
 
 from __future__ import annotations
 
-from typing import Any
+from warmer.pipeline.results import ReplayResult
+from warmer.run.counters import Counters
+
+_CHECKED = (("fx_miss", "FX-graph misses"), ("aot_miss", "AOTAutograd misses"), ("fx_bypass", "FX-graph bypasses"),
+            ("aot_bypass", "AOTAutograd bypasses"))
 
 
-def problems(counters: dict[str, Any], ddp: bool = False) -> list[str]:
+def problems(counters: Counters, ddp: bool = False) -> list[str]:
     """What keeps a replay's counters from proving the cache warm; empty when it is warm."""
-    found = []
-    for key, what in (("fx_miss", "FX-graph misses"), ("aot_miss", "AOTAutograd misses"),
-                      ("fx_bypass", "FX-graph bypasses"), ("aot_bypass", "AOTAutograd bypasses")):
-        if counters.get(key, 0) and not (ddp and key == "aot_bypass"):
-            found.append(f"{counters[key]} {what}")
-    if counters.get("fx_hit", 0) == 0:
+    found = [f"{getattr(counters, name)} {what}" for name, what in _CHECKED
+             if getattr(counters, name) and not (ddp and name == "aot_bypass")]
+    if counters.fx_hit == 0:
         found.append("no FX-graph hits (nothing was compiled?)")
     return found
 
 
-def speedup(cold: dict[str, Any] | None, verify: dict[str, Any]) -> float | None:
+def speedup(cold: ReplayResult | None, verify: ReplayResult) -> float | None:
     """Cold replay time over verify replay time, phase sums measured in this warm."""
-    if not cold or not cold.get("phases") or not verify.get("phases"):
+    if cold is None or not cold.phases or not verify.phases:
         return None
-    warm_seconds = sum(verify["phases"].values())
-    return round(sum(cold["phases"].values()) / warm_seconds, 1) if warm_seconds > 0 else None
+    return round(cold.seconds / verify.seconds, 1) if verify.seconds > 0 else None

@@ -10,8 +10,8 @@ a DDP run are warmed as one group: their replays run at once in one process grou
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -19,60 +19,75 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
-from warmer.cache import integrity
-from warmer.cache import manifest as publish
+from warmer.cache.checksums import entry_checksums
+from warmer.cache.files import remove_abandoned_temps
+from warmer.cache.integrity import set_aside
 from warmer.cache.layout import CacheDir
 from warmer.cache.locking import LockPolicy, target_lock
+from warmer.cache.manifest import Manifest, matching_manifest, read_manifests, write_manifest
 from warmer.errors import WarmError
-from warmer.ledger import records as ledger
+from warmer.ledger import records
 from warmer.pipeline import verify
 from warmer.pipeline.fingerprint import fingerprint_id, target_fingerprint
 from warmer.pipeline.plans import DatasetPlans
+from warmer.pipeline.profiles import JobEnvironment
 from warmer.pipeline.replay import PROGRESS_PREFIX
+from warmer.pipeline.results import ReplayResult, ReplaySpec
 from warmer.pipeline.targets import Target
-from warmer.run.counters import FIELDS
+from warmer.report import Reporter
 
-Reporter = Callable[[str], None]
+WarmState = Literal["warm", "already-warm", "no-compile"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class WarmOutcome:
     target: Target
-    state: str  # "warm", "already-warm", "no-compile"
+    state: WarmState
     message: str
-    cold: dict[str, Any] | None = None
-    verify: dict[str, Any] | None = None
-    manifest: str | None = None
+    cold: ReplayResult | None = None
+    verify: ReplayResult | None = None
+    manifest: Path | None = None
 
     def ledger_record(self) -> dict[str, Any]:
-        replay = (self.cold if self.state == "warm" else self.verify) or {}
-        counts = replay.get("counters", {})
-        gpu_name = replay.get("fingerprint", {}).get("gpu_name", "none")
+        replay = (self.cold if self.state == "warm" else self.verify) or ReplayResult(True, {})
+        gpu_name = replay.fingerprint.get("gpu_name", "none")
         t = self.target
         return {"kind": "warm", "state": self.state, "dataset": t.dataset_name, "configuration": t.configuration,
                 "trainer": t.trainer, "plans": t.plans_identifier, "batch_per_rank": t.batch_per_rank,
                 "device": t.device, "gpu_name": "" if gpu_name == "none" else gpu_name,
-                **{k: counts.get(k, 0) for k in FIELDS}, "compile_seconds": counts.get("compile_seconds", 0.0),
-                "wall_seconds": replay.get("wall_seconds", 0.0)}
+                **replay.counters.to_dict(), "wall_seconds": replay.wall_seconds}
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target.to_dict(), "label": self.target.label, "state": self.state,
-                "message": self.message, "cold": self.cold, "verify": self.verify, "manifest": self.manifest}
+                "message": self.message, "cold": self.cold.to_dict() if self.cold else None,
+                "verify": self.verify.to_dict() if self.verify else None,
+                "manifest": str(self.manifest) if self.manifest else None}
 
 
-def run_replay(target: Target, cache: CacheDir, step: str, report: Reporter,
-               extra_env: dict[str, str] | None = None, allow_eager: bool = False,
-               steady_steps: int = 0) -> dict[str, Any]:
-    """One replay of `target` in a fresh Python process; returns its result record.
+@dataclass(frozen=True)
+class GroupResult:
+    """What warming one configuration (one target, or the ranks of one DDP run) came to."""
 
-    `allow_eager` and `steady_steps` (extra train steps, timed) are for the benchmarks."""
-    (result,) = run_replays([target], cache, step, report, extra_env, allow_eager, steady_steps)
-    return result
+    outcomes: list[WarmOutcome]
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class _Member:
+    """One target of a warm group with its fingerprint: what its lock, its manifest and its replays are keyed by."""
+
+    target: Target
+    fingerprint: dict[str, str]
+    fingerprint_id: str
+
+    @property
+    def ddp(self) -> bool:
+        return self.target.world_size > 1
 
 
 def free_local_port() -> int:
@@ -82,49 +97,41 @@ def free_local_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_replays(targets: list[Target], cache: CacheDir, step: str, report: Reporter,
-                extra_env: dict[str, str] | None = None, allow_eager: bool = False,
-                steady_steps: int = 0) -> list[dict[str, Any]]:
-    """Replay `targets` at once, one fresh process each; several targets are the ranks of one DDP group.
+@dataclass
+class _ReplayProcess:
+    """A replay running in a fresh Python process; progress lines are relayed, everything else goes to its log."""
 
-    When one rank fails the others would wait for it in a collective forever, so they are stopped."""
-    env = {**os.environ, **cache.torch_environment(), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
-    if len(targets) > 1:
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_local_port()))
-    runs = []
-    for target in targets:
+    spec: ReplaySpec
+    scratch: Path
+    process: subprocess.Popen[str]
+    log: TextIO
+    relay: threading.Thread
+
+    @classmethod
+    def start(cls, spec: ReplaySpec, env: dict[str, str], label: str, report: Reporter) -> _ReplayProcess:
         scratch = Path(tempfile.mkdtemp(prefix="nnunet-warmer-"))
-        (scratch / "spec.json").write_text(json.dumps({"target": target.to_dict(), "allow_eager": allow_eager,
-                                                       "steady_steps": steady_steps}))
-        log = open(scratch / "replay.log", "w")  # noqa: SIM115 (closed below, after the process)
+        (scratch / "spec.json").write_text(json.dumps(spec.to_dict()))
+        log = open(scratch / "replay.log", "w")  # noqa: SIM115 (closed in `finish`, after the process)
         process = subprocess.Popen(
             [sys.executable, "-m", "warmer.pipeline.replay", str(scratch / "spec.json"), str(scratch / "result.json")],
             env={**env, "nnUNet_results": str(scratch / "results")}, stdout=log, stderr=subprocess.PIPE, text=True)
-        label = f"{step} rank {target.rank}" if len(targets) > 1 else step
         relay = threading.Thread(target=_relay, args=(process, log, label, report), daemon=True)
         relay.start()
-        runs.append((target, scratch, process, relay, log))
-    while any(process.poll() is None for _, _, process, _, _ in runs):
-        if any(process.poll() not in (None, 0) for _, _, process, _, _ in runs):
-            for _, _, process, _, _ in runs:
-                if process.poll() is None:
-                    process.kill()
-        time.sleep(0.2)
-    results, errors = [], []
-    for target, scratch, process, relay, log in runs:
-        relay.join()
-        log.close()
-        result_path = scratch / "result.json"
-        result = json.loads(result_path.read_text()) if result_path.exists() else {}
-        if process.returncode != 0 or "error" in result or not result:
-            error = result.get("error", f"replay exited with code {process.returncode}")
-            errors.append(f"{target.label}: {step} failed: {error} (full log: {scratch / 'replay.log'})")
-        results.append(result)
-    if errors:
-        raise WarmError("; ".join(errors))
-    for _, scratch, _, _, _ in runs:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return results
+        return cls(spec, scratch, process, log, relay)
+
+    def failed(self) -> bool:
+        return self.process.poll() not in (None, 0)
+
+    def finish(self, step: str) -> ReplayResult | str:
+        """The result, or the error line (with the log's path) when the replay failed."""
+        self.relay.join()
+        self.log.close()
+        result_path = self.scratch / "result.json"
+        data = json.loads(result_path.read_text()) if result_path.exists() else {}
+        if self.process.returncode != 0 or "error" in data or not data:
+            error = data.get("error", f"replay exited with code {self.process.returncode}")
+            return f"{self.spec.target.label}: {step} failed: {error} (full log: {self.scratch / 'replay.log'})"
+        return ReplayResult.from_dict(data)
 
 
 def _relay(process: subprocess.Popen[str], log: TextIO, label: str, report: Reporter) -> None:
@@ -137,78 +144,151 @@ def _relay(process: subprocess.Popen[str], log: TextIO, label: str, report: Repo
             log.write(line)
 
 
-def warm_target(dp: DatasetPlans, target: Target, cache: CacheDir, report: Reporter,
+def run_replays(targets: list[Target], cache: CacheDir, step: str, report: Reporter, environment: JobEnvironment,
+                allow_eager: bool = False, steady_steps: int = 0) -> list[ReplayResult]:
+    """Replay `targets` at once, one fresh process each; several targets are the ranks of one DDP group.
+
+    `allow_eager` and `steady_steps` (extra train steps, timed) are for the benchmarks. When one rank fails the
+    others would wait for it in a collective forever, so they are stopped."""
+    env = {**environment.variables, **cache.torch_environment(), "PYTHONUNBUFFERED": "1"}
+    if len(targets) > 1:
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_local_port()))
+    runs = [_ReplayProcess.start(ReplaySpec(target, allow_eager, steady_steps), env,
+                                 f"{step} rank {target.rank}" if len(targets) > 1 else step, report)
+            for target in targets]
+    while any(run.process.poll() is None for run in runs):
+        if any(run.failed() for run in runs):
+            for run in runs:
+                if run.process.poll() is None:
+                    run.process.kill()
+        time.sleep(0.2)
+    finished = [run.finish(step) for run in runs]
+    errors = [result for result in finished if isinstance(result, str)]
+    if errors:
+        raise WarmError("; ".join(errors))
+    for run in runs:
+        shutil.rmtree(run.scratch, ignore_errors=True)
+    return [result for result in finished if isinstance(result, ReplayResult)]
+
+
+def run_replay(target: Target, cache: CacheDir, step: str, report: Reporter, environment: JobEnvironment,
+               allow_eager: bool = False, steady_steps: int = 0) -> ReplayResult:
+    """One replay of `target` in a fresh Python process (see `run_replays`)."""
+    (result,) = run_replays([target], cache, step, report, environment, allow_eager, steady_steps)
+    return result
+
+
+def warm_targets(dp: DatasetPlans, targets: list[Target], cache: CacheDir, environment: JobEnvironment,
+                 lock: LockPolicy, report: Reporter) -> Iterator[GroupResult]:
+    """Warm each configuration's targets (one, or the ranks of a DDP run) in turn; a group that fails is reported
+    and the next one is warmed."""
+    groups = [list(ranks) for _, ranks in itertools.groupby(targets, key=lambda t: t.configuration)]
+    for index, group in enumerate(groups, 1):
+        first = group[0]
+        devices = ", ".join(dict.fromkeys(t.device for t in group))
+        where = devices if len(group) == 1 else f"{len(group)} DDP ranks on {devices}"
+        prefix = f"[{index}/{len(groups)}] {first.configuration} ({first.trainer}, batch " \
+                 f"{'+'.join(str(t.batch_per_rank) for t in group)}, {where})"
+        report(f"{prefix}: warming")
+        try:
+            yield GroupResult(warm_group(dp, group, cache, lambda msg, p=prefix: report(f"{p}: {msg}"),
+                                         environment, lock))
+        except WarmError as e:
+            report(f"{prefix}: FAILED: {e}")
+            yield GroupResult([], str(e))
+
+
+def warm_target(dp: DatasetPlans, target: Target, cache: CacheDir, report: Reporter, environment: JobEnvironment,
                 lock: LockPolicy = LockPolicy()) -> WarmOutcome:  # noqa: B008 (frozen)
     """Warm one single-GPU target (see `warm_group`)."""
-    (outcome,) = warm_group(dp, [target], cache, report, lock)
+    (outcome,) = warm_group(dp, [target], cache, report, environment, lock)
     return outcome
 
 
 def warm_group(dp: DatasetPlans, group: list[Target], cache: CacheDir, report: Reporter,
-               lock: LockPolicy = LockPolicy()) -> list[WarmOutcome]:  # noqa: B008 (frozen)
+               environment: JobEnvironment, lock: LockPolicy = LockPolicy()) -> list[WarmOutcome]:  # noqa: B008
     """Warm one target, or all ranks of one DDP run together, under their locks (taken in rank order).
 
     A second warmer waits, then finds the manifests and only verifies."""
-    fingerprints = [target_fingerprint(dp, target) for target in group]
-    ids = [fingerprint_id(fingerprint) for fingerprint in fingerprints]
+    members = []
+    for target in group:
+        fingerprint = target_fingerprint(dp, target, environment)
+        members.append(_Member(target, fingerprint, fingerprint_id(fingerprint)))
     with contextlib.ExitStack() as locks:
-        for target, fp_id in zip(group, ids, strict=True):
-            lock_path = publish.target_folder(cache, target, cache.locks) / f"{fp_id}.lock"
-            locks.enter_context(target_lock(lock_path, lock, report))
-        outcomes = _warm_locked(group, cache, report, fingerprints, ids)
+        for member in members:
+            locks.enter_context(target_lock(cache.lock_path(member.target.key, member.fingerprint_id), lock, report))
+        outcomes = _warm_locked(members, cache, report, environment)
     for outcome in outcomes:
         if outcome.state != "no-compile":
-            ledger.append_or_warn(cache, outcome.ledger_record(), report)
+            records.append_or_warn(cache, outcome.ledger_record(), report)
     return outcomes
 
 
-def _warm_locked(group: list[Target], cache: CacheDir, report: Reporter, fingerprints: list[dict[str, str]],
-                 ids: list[str]) -> list[WarmOutcome]:
-    litter = sum(publish.remove_abandoned_temps(publish.target_folder(cache, target)) for target in group)
+def _warm_locked(members: list[_Member], cache: CacheDir, report: Reporter,
+                 environment: JobEnvironment) -> list[WarmOutcome]:
+    _remove_litter(members, cache, report)
+    set_aside(cache, report)
+    existing = [matching_manifest(read_manifests(cache, m.target.key), m.fingerprint, m.fingerprint_id)
+                for m in members]
+    if all(manifest is not None for manifest in existing):
+        reverified = _reverify(members, [m for m in existing if m is not None], cache, report, environment)
+        if reverified is not None:
+            return reverified
+        report("re-verify: the cache no longer hits; compiling again")
+    return _compile_and_verify(members, cache, report, environment)
+
+
+def _remove_litter(members: list[_Member], cache: CacheDir, report: Reporter) -> None:
+    litter = sum(remove_abandoned_temps(cache.manifest_folder(m.target.key)) for m in members)
     if litter:
         report(f"removed {litter} temp files of manifest writes that died mid-write")
-    integrity.set_aside(cache, report)
-    existing = [publish.matching_manifest(publish.read_manifests(cache, target), fingerprint, fp_id)
-                for target, fingerprint, fp_id in zip(group, fingerprints, ids, strict=True)]
-    if all(manifest is not None for manifest in existing):
-        checks = run_replays(group, cache, "re-verify", report)
-        if not any(verify.problems(check["counters"], target.world_size > 1)
-                   for target, check in zip(group, checks, strict=True)):
-            entries = integrity.entry_checksums(cache)
-            return [WarmOutcome(target, "already-warm", "already warm, verified again from a fresh process",
-                                manifest.get("cold"), check,
-                                str(publish.write_manifest(cache, target, fingerprint, fp_id, None, check,
-                                                           previous=manifest, entries=entries)))
-                    for target, fingerprint, fp_id, manifest, check
-                    in zip(group, fingerprints, ids, existing, checks, strict=True)]
-        report("re-verify: the cache no longer hits; compiling again")
 
-    colds = run_replays(group, cache, "compile", report)
-    if not all(cold.get("compiles") for cold in colds):
-        target = group[0]
+
+def _targets(members: list[_Member]) -> list[Target]:
+    return [m.target for m in members]
+
+
+def _reverify(members: list[_Member], manifests: list[Manifest], cache: CacheDir, report: Reporter,
+              environment: JobEnvironment) -> list[WarmOutcome] | None:
+    """Outcomes of targets that are still warm, verified again from a fresh process; None when that misses."""
+    checks = run_replays(_targets(members), cache, "re-verify", report, environment)
+    if any(verify.problems(check.counters, m.ddp) for m, check in zip(members, checks, strict=True)):
+        return None
+    entries = entry_checksums(cache)
+    return [WarmOutcome(m.target, "already-warm", "already warm, verified again from a fresh process",
+                        manifest.cold, check,
+                        write_manifest(cache, m.target, m.fingerprint, m.fingerprint_id, None, check,
+                                       previous=manifest, entries=entries).path)
+            for m, manifest, check in zip(members, manifests, checks, strict=True)]
+
+
+def _compile_and_verify(members: list[_Member], cache: CacheDir, report: Reporter,
+                        environment: JobEnvironment) -> list[WarmOutcome]:
+    colds = run_replays(_targets(members), cache, "compile", report, environment)
+    if not all(cold.compiles for cold in colds):
+        target = members[0].target
         return [WarmOutcome(target, "no-compile",
                             f"{target.trainer} does not use torch.compile on {target.device} (nnU-Net turns it off "
                             f"on CPU, MPS and Windows, and when nnUNet_compile is false): nothing to warm")]
-    for target, fingerprint, cold in zip(group, fingerprints, colds, strict=True):
-        if cold["fingerprint"] != fingerprint:
-            raise WarmError(f"{target.label}: the replay process saw another environment than this one "
-                            f"({sorted(k for k in fingerprint if fingerprint[k] != cold['fingerprint'].get(k))})")
-    if any(verify.problems(cold["counters"], target.world_size > 1)
-           for target, cold in zip(group, colds, strict=True)):
-        checks = run_replays(group, cache, "verify", report)
+    for m, cold in zip(members, colds, strict=True):
+        if cold.fingerprint != m.fingerprint:
+            raise WarmError(f"{m.target.label}: the replay process saw another environment than this one "
+                            f"({sorted(k for k in m.fingerprint if m.fingerprint[k] != cold.fingerprint.get(k))})")
+    if any(verify.problems(cold.counters, m.ddp) for m, cold in zip(members, colds, strict=True)):
+        checks = run_replays(_targets(members), cache, "verify", report, environment)
     else:  # every graph came from the cache: that fresh process already proved it warm
         checks = colds
         report("compile: every graph came from the cache, so this replay was the fresh-process verify")
-    for target, check in zip(group, checks, strict=True):
-        found = verify.problems(check["counters"], target.world_size > 1)
+    for m, check in zip(members, checks, strict=True):
+        found = verify.problems(check.counters, m.ddp)
         if found:
-            raise WarmError(f"{target.label}: verification from a fresh process saw {', '.join(found)}; "
+            raise WarmError(f"{m.target.label}: verification from a fresh process saw {', '.join(found)}; "
                             f"nothing was published (rerun with TORCH_LOGS=+inductor to see the cache keys)")
-    outcomes, entries = [], integrity.entry_checksums(cache)
-    for target, fingerprint, fp_id, cold, check in zip(group, fingerprints, ids, colds, checks, strict=True):
-        path = publish.write_manifest(cache, target, fingerprint, fp_id, cold, check, entries=entries)
-        message = (f"warm: every graph was in the cache already, verified {sum(check['phases'].values()):.1f} s"
-                   if check is cold else f"warm: cold {sum(cold['phases'].values()):.1f} s -> verified "
-                   f"{sum(check['phases'].values()):.1f} s ({verify.speedup(cold, check)}x)")
-        outcomes.append(WarmOutcome(target, "warm", message, cold, check, str(path)))
+    outcomes, entries = [], entry_checksums(cache)
+    for m, cold, check in zip(members, colds, checks, strict=True):
+        manifest = write_manifest(cache, m.target, m.fingerprint, m.fingerprint_id, cold, check, entries=entries)
+        message = (f"warm: every graph was in the cache already, verified {check.seconds:.1f} s"
+                   if check is cold else f"warm: cold {cold.seconds:.1f} s -> verified "
+                   f"{check.seconds:.1f} s ({verify.speedup(cold, check)}x)")
+        outcomes.append(WarmOutcome(m.target, "warm", message, cold, check, manifest.path))
     return outcomes

@@ -9,40 +9,43 @@ torch's own keys, and the line points at `TORCH_LOGS=+inductor`, which prints th
 from __future__ import annotations
 
 import shlex
-from typing import Any
 
 from warmer.cache.layout import CacheDir
 from warmer.cache.status import target_status
 from warmer.errors import UserError
 from warmer.pipeline.plans import load_plans
-from warmer.pipeline.profiles import active_profile
+from warmer.pipeline.profiles import JobEnvironment
 from warmer.pipeline.targets import build_targets
+from warmer.run.command import NnunetCommand
+from warmer.run.counters import Counters
 
 
-def explain_misses(cache: CacheDir, target: dict[str, str], summary: dict[str, Any]) -> str | None:
-    """One line explaining the misses in `summary`, or None when there were none."""
-    misses = summary["fx_miss"] + summary["aot_miss"]
+def explain_misses(cache: CacheDir, command: NnunetCommand | None, counters: Counters,
+                   environment: JobEnvironment) -> str | None:
+    """One line explaining the misses in `counters`, or None when there were none."""
+    misses = counters.misses
     if misses == 0:
         return None
-    if not target:
+    if command is None:
         return f"{misses} cache misses; not an nnU-Net train/predict command, so there is no manifest to compare"
+    key = command.key
     try:
-        dp = load_plans(target["dataset"], target["plans"])
-        (resolved,) = build_targets(dp, [target["configuration"]], target["trainer"], [target["device"]])
-        status = target_status(dp, resolved, cache)
+        dp = load_plans(key.dataset_name, key.plans_identifier)
+        (resolved,) = build_targets(dp, [key.configuration], key.trainer, [command.device])
+        status = target_status(dp, resolved, cache, environment)
     except UserError as e:
         return f"{misses} cache misses; cannot compare with a manifest: {e}"
-    profile = active_profile()
+    profile = environment.profile
     warm_command = shlex.join(["nnunet-warmer", "warm", "-d", resolved.dataset_name, "-c", resolved.configuration,
                                "-tr", resolved.trainer, "-p", resolved.plans_identifier, "--device",
                                resolved.device, *(["--shapes", profile] if profile != "default" else []),
                                "--cache-dir", str(cache.root)])
-    if status["state"] == "cold":
+    if status.state == "cold":
         return f"the cache was cold for {resolved.label} ({misses} misses): warm it with: {warm_command}"
-    if status["state"] == "damaged":
-        return f"{misses} misses: {status['differences'][0]}: {warm_command}"
-    if status["state"] == "warm":
+    if status.state == "damaged":
+        return f"{misses} misses: {status.differences[0]}: {warm_command}"
+    if status.state == "warm":
         return (f"{misses} misses although the manifest's fingerprint matches this environment: rerun with "
                 f"TORCH_LOGS=+inductor in both the warmer and the job and diff the cache key components")
     return (f"{misses} misses: the cache was warmed for another environment: "
-            f"{'; '.join(status['differences'])}; re-warm with: {warm_command}")
+            f"{'; '.join(status.differences)}; re-warm with: {warm_command}")

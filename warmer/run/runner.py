@@ -8,43 +8,91 @@ aside before the command starts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import warmer
-from warmer.cache import integrity
-from warmer.cache.layout import CACHE_DIR_VARIABLE, CacheDir
+from warmer.cache.integrity import set_aside
+from warmer.cache.layout import CACHE_DIR_VARIABLE, CacheDir, TargetKey
+from warmer.cache.manifest import read_manifests
+from warmer.demo import CPU_TRAINERS_DIR
 from warmer.errors import UserError
-from warmer.ledger import records as ledger
-from warmer.ledger.stats import estimated_seconds_saved, nnunet_target_of
-from warmer.pipeline.profiles import hooks_pythonpath
-from warmer.run import counters
+from warmer.ledger import records
+from warmer.pipeline.profiles import JobEnvironment, hooks_pythonpath, profile_environment
+from warmer.report import Reporter
+from warmer.run.command import NnunetCommand, parse_nnunet_command
+from warmer.run.counters import Counters, total
 from warmer.run.explain import explain_misses
+from warmer.run.hooks import nnunet_warmer_hook_variables as hook
 
 
-def probe_environment(records_dir: Path) -> dict[str, str]:
+@dataclass(frozen=True)
+class RunSummary:
+    """What a wrapped command did: its exit code and wall time, and torch's counters summed over its processes.
+
+    `per_process` holds each Python process's own record, as its probe wrote it (JSON)."""
+
+    command: list[str]
+    cache_dir: Path
+    exit_code: int
+    wall_seconds: float
+    counters: Counters
+    per_process: list[dict[str, Any]]
+    estimated_seconds_saved: float = 0.0
+    explanation: str | None = None
+
+    @property
+    def processes(self) -> int:
+        return len(self.per_process)
+
+    def gpu_names(self) -> list[str]:
+        return sorted({p["gpu_name"] for p in self.per_process if p.get("gpu_name")})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.counters.to_dict(), "processes": self.processes, "exit_code": self.exit_code,
+                "wall_seconds": self.wall_seconds, "command": self.command, "cache_dir": str(self.cache_dir),
+                "per_process": self.per_process, "estimated_seconds_saved": self.estimated_seconds_saved,
+                "explanation": self.explanation}
+
+    def describe(self) -> str:
+        return (f"{self.counters.describe()} in {self.processes} process(es); wall {self.wall_seconds:.1f} s; "
+                f"exit code {self.exit_code}")
+
+
+def probe_environment(records_dir: Path, environment: JobEnvironment) -> dict[str, str]:
     return {
-        "PYTHONPATH": hooks_pythonpath(),
-        "NNUNET_WARMER_QUIET": "1",
-        "NNUNET_WARMER_PROBE_DIR": str(records_dir),
-        "NNUNET_WARMER_PACKAGE_PARENT": str(Path(warmer.__file__).parent.parent),
+        "PYTHONPATH": hooks_pythonpath(environment.get("PYTHONPATH")),
+        hook.QUIET: "1",
+        hook.PROBE_DIR: str(records_dir),
+        hook.PACKAGE_PARENT: str(Path(warmer.__file__).parent.parent),
     }
 
 
-def run_command(command: list[str], cache: CacheDir, extra_env: dict[str, str] | None = None,
-                output: IO[str] | None = None) -> tuple[int, dict[str, Any]]:
+def job_exports(cache: CacheDir, profile: str, cpu_trainers: bool, environment: JobEnvironment) -> dict[str, str]:
+    """`nnunet-warmer env`: the variables a training job needs to run on the cache under `profile`."""
+    variables = {**cache.torch_environment(), **profile_environment(profile, environment.get("PYTHONPATH"))}
+    if cpu_trainers:
+        folders = [str(CPU_TRAINERS_DIR)] + [p for p in environment.get("nnUNet_extTrainer").split(os.pathsep) if p]
+        variables["nnUNet_extTrainer"] = os.pathsep.join(dict.fromkeys(folders))
+    return variables
+
+
+def run_command(command: list[str], cache: CacheDir, environment: JobEnvironment,
+                extra_env: dict[str, str] | None = None, output: IO[str] | None = None) -> RunSummary:
     """Run `command` to completion; return its exit code and the summed counters of its processes.
 
     The command's stdout and stderr go to `output` when given, else to ours.
     """
-    with tempfile.TemporaryDirectory(prefix="nnunet-warmer-run-") as records:
-        env = {**os.environ, **cache.torch_environment(), **(extra_env or {}), **probe_environment(Path(records))}
+    with tempfile.TemporaryDirectory(prefix="nnunet-warmer-run-") as records_dir:
+        env = {**environment.variables, **cache.torch_environment(), **(extra_env or {}),
+               **probe_environment(Path(records_dir), environment)}
         start = time.perf_counter()
         try:
             code = subprocess.call(command, env=env, stdout=output, stderr=output)
@@ -52,22 +100,20 @@ def run_command(command: list[str], cache: CacheDir, extra_env: dict[str, str] |
             raise UserError(f"command not found: {command[0]}: check the spelling and PATH") from None
         wall = time.perf_counter() - start
         per_process = []
-        for path in sorted(Path(records).glob("*.json")):
+        for path in sorted(Path(records_dir).glob("*.json")):
             try:
                 per_process.append(json.loads(path.read_text()))
             except (OSError, json.JSONDecodeError):
                 continue
-    summary = counters.merge(per_process)
-    summary.update(exit_code=code, wall_seconds=round(wall, 3), command=command, cache_dir=str(cache.root),
-                   per_process=per_process)
-    return code, summary
+    return RunSummary(command, cache.root, code, round(wall, 3),
+                      total(Counters.from_dict(p) for p in per_process), per_process)
 
 
-def _private_cache_if_damaged(cache: CacheDir, report: Callable[[str], None], private: Path) -> dict[str, str]:
+def _private_cache_if_damaged(cache: CacheDir, report: Reporter, private: Path) -> dict[str, str]:
     """Keep the job from loading damaged code: quarantine it (the job then compiles those graphs again). A user
     who cannot move it gets the environment of an empty private cache instead, so the job compiles everything."""
     try:
-        integrity.set_aside(cache, lambda message: report(f"nnunet-warmer: {message}"))
+        set_aside(cache, lambda message: report(f"nnunet-warmer: {message}"))
         return {}
     except PermissionError:
         report(f"nnunet-warmer: the cache has damaged entries and this user cannot move them to quarantine, so "
@@ -76,21 +122,28 @@ def _private_cache_if_damaged(cache: CacheDir, report: Callable[[str], None], pr
         return {CACHE_DIR_VARIABLE: str(private)}
 
 
-def run_and_record(command: list[str], cache: CacheDir, report: Callable[[str], None],
-                   output: IO[str] | None = None) -> tuple[int, dict[str, Any]]:
+def estimated_seconds_saved(cache: CacheDir, key: TargetKey | None, compile_seconds: float) -> float:
+    """Cold compile seconds recorded by the newest manifest of the target, minus what this run still compiled."""
+    cold = next((m.cold for m in read_manifests(cache, key) if m.cold is not None), None) if key else None
+    return round(max(cold.counters.compile_seconds - compile_seconds, 0.0), 3) if cold else 0.0
+
+
+def run_and_record(command: list[str], cache: CacheDir, environment: JobEnvironment, report: Reporter,
+                   output: IO[str] | None = None) -> RunSummary:
     """`nnunet-warmer run`: set damage aside, run, explain misses, append to the ledger, report the summary."""
     with tempfile.TemporaryDirectory(prefix="nnunet-warmer-private-cache-") as private:
-        code, summary = run_command(command, cache, _private_cache_if_damaged(cache, report, Path(private)),
-                                    output=output)
-    target = nnunet_target_of(command)
-    summary["estimated_seconds_saved"] = estimated_seconds_saved(cache, target, summary["compile_seconds"])
-    summary["explanation"] = explain_misses(cache, target, summary)
-    gpu_names = sorted({p["gpu_name"] for p in summary["per_process"] if p.get("gpu_name")})
-    ledger.append_or_warn(cache, {"kind": "run", "command": command, **target, "gpu_name": ", ".join(gpu_names),
-                                  **{k: v for k, v in summary.items()
-                                     if k not in ("per_process", "command", "cache_dir")}}, report)
-    if summary["explanation"]:
-        report(f"nnunet-warmer: {summary['explanation']}")
-    report(f"nnunet-warmer: {counters.describe(summary)} in {summary['processes']} process(es); "
-           f"wall {summary['wall_seconds']:.1f} s; exit code {code}")
-    return code, summary
+        summary = run_command(command, cache, environment, _private_cache_if_damaged(cache, report, Path(private)),
+                              output=output)
+    target: NnunetCommand | None = parse_nnunet_command(command)
+    summary = dataclasses.replace(
+        summary,
+        estimated_seconds_saved=estimated_seconds_saved(cache, target.key if target else None,
+                                                        summary.counters.compile_seconds),
+        explanation=explain_misses(cache, target, summary.counters, environment))
+    ledger_fields = {k: v for k, v in summary.to_dict().items() if k not in ("per_process", "command", "cache_dir")}
+    records.append_or_warn(cache, {"kind": "run", "command": command, **(target.ledger_fields() if target else {}),
+                                   "gpu_name": ", ".join(summary.gpu_names()), **ledger_fields}, report)
+    if summary.explanation:
+        report(f"nnunet-warmer: {summary.explanation}")
+    report(f"nnunet-warmer: {summary.describe()}")
+    return summary

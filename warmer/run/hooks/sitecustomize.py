@@ -23,9 +23,11 @@ import sys
 import warnings
 from typing import Any
 
-_PROBE_DIR = os.environ.get("NNUNET_WARMER_PROBE_DIR")
-_RECOMPILE_LIMIT = os.environ.get("NNUNET_WARMER_RECOMPILE_LIMIT")
-_QUIET = os.environ.get("NNUNET_WARMER_QUIET") == "1"
+import nnunet_warmer_hook_variables as variables
+
+_PROBE_DIR = os.environ.get(variables.PROBE_DIR)
+_RECOMPILE_LIMIT = os.environ.get(variables.RECOMPILE_LIMIT)
+_QUIET = os.environ.get(variables.QUIET) == "1"
 
 
 class _DropNoCudaRuntime(logging.Filter):
@@ -40,7 +42,7 @@ def _quiet_known_noise() -> None:
 
 def _warmer_counters() -> Any:
     """warmer.run.counters, imported from the package that installed this hook."""
-    parent = os.environ.get("NNUNET_WARMER_PACKAGE_PARENT")
+    parent = os.environ.get(variables.PACKAGE_PARENT)
     if parent and parent not in sys.path:
         sys.path.insert(0, parent)
     from warmer.run import counters
@@ -88,7 +90,7 @@ def _write_counters() -> None:
     if "torch._dynamo" not in sys.modules:
         return
     try:
-        record = _warmer_counters().snapshot()
+        record = _warmer_counters().snapshot().to_dict()
         record["pid"] = os.getpid()
         record["argv"] = sys.argv[:3]
         cuda = getattr(sys.modules.get("torch"), "cuda", None)

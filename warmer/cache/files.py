@@ -1,0 +1,72 @@
+"""Writes that survive shared storage: a temp file named after its writer, fsynced, renamed, the folder fsynced.
+
+A writer killed mid-write leaves at most its temp file; `remove_abandoned_temps` deletes those of dead writers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+TEMP_SUFFIX = ".tmp"
+ABANDONED_AFTER_SECONDS = 86400  # a temp file of another host this old belongs to a writer that died
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}{TEMP_SUFFIX}")
+
+
+def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write to a temp file unique to this host and process, fsync it, rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def remove_abandoned_temps(folder: Path) -> int:
+    """Delete the temp files of writers that died mid-write (SIGKILL, node lost), so a crash leaves no litter.
+
+    A temp file names its writer's host and pid: on this host it is abandoned once that process is gone; a
+    file of another host is abandoned once it is a day old (no write takes that long). Returns how many went."""
+    removed, host = 0, socket.gethostname()
+    for tmp in folder.glob(f".*{TEMP_SUFFIX}") if folder.is_dir() else []:
+        writer_host, _, pid = tmp.name[: -len(TEMP_SUFFIX)].partition(".json.")[2].rpartition(".")
+        try:
+            if writer_host == host and pid.isdigit():
+                abandoned = not _process_exists(int(pid))
+            else:
+                abandoned = time.time() - tmp.stat().st_mtime > ABANDONED_AFTER_SECONDS
+            if abandoned:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process
+    return True

@@ -1,0 +1,34 @@
+"""`nnunet-warmer check`: find damaged cache entries without compiling; exit 1 if any."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from warmer.cache.layout import CacheDir
+from warmer.cli.options import add_cache_option, emit_json
+from warmer.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="find damaged cache entries without compiling; exit 1 if any")
+    add_cache_option(p, loads_code=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from warmer.cache.integrity import damaged_entries
+
+    cache = CacheDir(Path(args.cache_dir))
+    if not cache.root.is_dir():
+        raise UserError(f"cache dir {cache.root} does not exist: pass the --cache-dir you warmed")
+    damaged = damaged_entries(cache)
+    if args.json:
+        emit_json({"cache_dir": str(cache.root), "damaged": [d.to_dict() for d in damaged]})
+    else:
+        for item in damaged:
+            print(f"damaged  {item.path}: {item.problem}")
+        print(f"{len(damaged)} damaged entries" + (": `nnunet-warmer warm` for the affected targets moves them "
+                                                   "to quarantine/ and compiles them again" if damaged else ""))
+    return 1 if damaged else 0

@@ -1,0 +1,28 @@
+"""`nnunet-warmer env`: the shell exports that point a training job at the cache."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from warmer.cli.options import add_cache_option, add_shapes_option, emit_json, job_environment, trusted_cache
+from warmer.run.runner import job_exports
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("env", help="shell exports that point a training job at the cache")
+    add_cache_option(p)
+    add_shapes_option(p)
+    p.add_argument("--cpu-trainers", action="store_true",
+                   help="also export nnUNet_extTrainer with the shipped CPU-compiling trainers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    variables = job_exports(trusted_cache(args), args.shapes, args.cpu_trainers, job_environment(args))
+    if args.json:
+        emit_json(variables)
+    else:
+        print("".join(f"export {k}={shlex.quote(v)}\n" for k, v in variables.items()), end="")
+    return 0

@@ -1,0 +1,70 @@
+"""What several commands share: nnU-Net's target flags, the cache and shapes options, and how output is written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from warmer.cache.layout import CacheDir, default_cache_dir
+from warmer.cache.trust import OVERRIDE_FLAG, require_trusted
+from warmer.pipeline.profiles import PROFILES, JobEnvironment
+from warmer.pipeline.targets import TargetRequest
+
+
+def stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=1, default=str))
+
+
+def add_target_options(parser: argparse.ArgumentParser, cache: bool) -> None:
+    parser.add_argument("-d", required=True, metavar="DATASET", help="dataset name or ID, as nnUNetv2_train takes it")
+    parser.add_argument("-c", nargs="+", metavar="CONFIG", help="configurations (default: all in the plans)")
+    parser.add_argument("-p", default="nnUNetPlans", metavar="PLANS", help="plans identifier (default nnUNetPlans)")
+    parser.add_argument("-tr", default="nnUNetTrainer", metavar="TRAINER", help="trainer class (default nnUNetTrainer)")
+    parser.add_argument("--device", default="auto", help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--num-gpus", type=int, default=1, metavar="N",
+                        help="DDP over N GPUs, as nnUNetv2_train --num-gpus: one target per rank on cuda:rank, "
+                             "warmed together in one process group (with --device cpu: a gloo group on CPU, "
+                             "for trainers that allow CPU DDP)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_shapes_option(parser)
+    if cache:
+        add_cache_option(parser)
+
+
+def add_shapes_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shapes", choices=PROFILES, default="default",
+                        help="default: what plain nnU-Net compiles (automatic dynamic shapes); static: fixed-shape "
+                             "graphs only, no symbolic shapes. Warm and train with the same choice.")
+
+
+def add_cache_option(parser: argparse.ArgumentParser, loads_code: bool = True) -> None:
+    parser.add_argument("--cache-dir", default=str(default_cache_dir()),
+                        help="shared cache directory (default: $NNUNET_WARMER_CACHE_DIR or ~/.cache/nnunet-warmer)")
+    if loads_code:
+        parser.add_argument(OVERRIDE_FLAG, action="store_true",
+                            help="use a cache dir that others than you, root and your groups could write (its "
+                                 "contents run in every training job)")
+
+
+def target_request(args: argparse.Namespace) -> TargetRequest:
+    return TargetRequest(args.d, tuple(args.c or ()), args.p, args.tr, args.device, args.num_gpus)
+
+
+def job_environment(args: argparse.Namespace) -> JobEnvironment:
+    """This process's environment with the chosen shapes profile: what every replay and job starts with."""
+    return JobEnvironment.with_profile(getattr(args, "shapes", "default"))
+
+
+def trusted_cache(args: argparse.Namespace) -> CacheDir:
+    """The cache dir of a command that loads code from it, refused when others could have planted code."""
+    cache = CacheDir(Path(args.cache_dir))
+    if not args.allow_untrusted_cache:
+        require_trusted(cache)
+    return cache

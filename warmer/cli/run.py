@@ -1,0 +1,31 @@
+"""`nnunet-warmer run -- COMMAND`: run a command on the cache and report what torch compiled in its processes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from warmer.cli.options import add_cache_option, add_shapes_option, job_environment, stderr, trusted_cache
+from warmer.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a command on the cache and report what torch compiled")
+    add_cache_option(p)
+    add_shapes_option(p)
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from warmer.run.runner import run_and_record
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UserError("no command given: nnunet-warmer run -- nnUNetv2_train DATASET CONFIG FOLD")
+    summary = run_and_record(command, trusted_cache(args), job_environment(args), report=stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary.to_dict(), indent=1))
+    return summary.exit_code

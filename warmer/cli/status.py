@@ -1,0 +1,29 @@
+"""`nnunet-warmer status`: warm / damaged / stale / cold per target; exit 0 only if all are warm (a job's gate)."""
+
+from __future__ import annotations
+
+import argparse
+
+from warmer.cli.options import add_target_options, emit_json, job_environment, target_request, trusted_cache
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="warm / stale / cold per target; exit 0 only if all are warm")
+    add_target_options(p, cache=True)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from warmer.cache.status import target_status
+    from warmer.pipeline.targets import select_targets
+
+    dp, targets = select_targets(target_request(args))
+    cache = trusted_cache(args)
+    environment = job_environment(args)
+    statuses = [target_status(dp, t, cache, environment) for t in targets]
+    if args.json:
+        emit_json({"cache_dir": str(cache.root), "targets": [s.to_dict() for s in statuses]})
+    else:
+        for status in statuses:
+            print(status.describe())
+    return 0 if all(s.state == "warm" for s in statuses) else 1
