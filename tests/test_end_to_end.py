@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from warmer.cache.checksums import digest
 from warmer.cache.layout import CacheDir, TargetKey
 from warmer.pipeline.profiles import JobEnvironment
 from warmer.run.command import NnunetCommand
@@ -92,8 +93,8 @@ def test_damage_is_named_survived_by_training_then_repaired(planned, warmed, tmp
     entry truncated, every generated Python file garbled (torch crashes a job that imports one), two
     AOTAutograd entries garbled, three kernel `.so` files truncated; and the 3d_fullres manifest garbled.
     `check` names them all and `status` says damaged; a real 2d training job started before anyone repaired
-    the cache exits 0, because `run` sets the damage aside first; `warm` then re-warms, and the next training
-    misses nothing."""
+    the cache exits 0, because `run` sets the 2d target's damage aside first (and only that: the 3d_fullres
+    manifest is another target's); `warm` then re-warms, and the next training misses nothing."""
     cache, _ = warmed
     copy = tmp_path / "cache"
     shutil.copytree(cache, copy)
@@ -120,7 +121,8 @@ def test_damage_is_named_survived_by_training_then_repaired(planned, warmed, tmp
     unrepaired = _train_under_run(planned, copy, "2d", tmp_path / "unrepaired")
     assert unrepaired["fx_miss"] > 0, unrepaired  # it compiled what was set aside
     moved = {p.relative_to(next((copy / "quarantine").iterdir())) for p in (copy / "quarantine").rglob("*")}
-    assert {p.relative_to(copy) for p in damaged} <= moved
+    assert {p.relative_to(copy) for p in damaged if p != manifest} <= moved
+    assert manifest.relative_to(copy) not in moved and manifest.exists()
     assert not any(p.exists() and p.read_bytes().startswith(b"\x1b") for p in generated)
 
     repaired = cli("warm", *target, "--json", env=job_env(planned))
@@ -180,3 +182,48 @@ def test_misses_name_the_fingerprint_part_that_differs(planned, warmed, tmp_path
     assert summary["fx_miss"] > 0
     assert "warmed for another environment: cache_key_tag:" in summary["explanation"]
     assert "another-team (here)" in summary["explanation"]
+
+
+def _copy(source: Path, destination: Path, relative_paths: list[str]) -> None:
+    for relative in relative_paths:
+        (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / relative, destination / relative)
+
+
+def test_one_closure_at_another_path_serves_real_training_without_building_kernels(planned, warmed, tmp_path) -> None:
+    """Completeness of the closure: a cache dir holding only the 2d target's manifest and the files it lists, at
+    another path, serves a real training with zero misses, and no kernel is built (no new .so: a C++ compiler
+    started by inductor, for a kernel or for its ISA probe, leaves one)."""
+    cache, _ = warmed
+    (manifest,) = (cache / "manifests" / "Dataset990_WarmerDemo" / "nnUNetPlans").glob("2d/*/*.json")
+    entries = list(json.loads(manifest.read_text())["entries"])
+    alone = tmp_path / "elsewhere" / "cache"
+    _copy(cache, alone, [*entries, str(manifest.relative_to(cache))])
+    everything = [p for p in (cache / "inductor").rglob("*") if p.is_file()]
+    assert 0 < len(entries) < len(everything), "the closure is a part of the cache"
+    assert cli("status", *target_args("2d", cache=alone), env=job_env(planned)).returncode == 0
+    kernels = sorted(alone.rglob("*.so"))
+    summary = _train_under_run(planned, alone, "2d", tmp_path)
+    assert summary["fx_miss"] == 0 and summary["aot_miss"] == 0 and summary["fx_hit"] > 0, summary
+    assert sorted(alone.rglob("*.so")) == kernels, "a kernel was built"
+
+
+def test_a_format_1_manifest_is_warm_and_a_reverify_rewrites_it_with_its_closure(planned, warmed, tmp_path) -> None:
+    """Manifests written before closures listed the whole cache: they still count as warm, and the next `warm`
+    (a re-verify, no compile) rewrites them with the closure."""
+    cache, _ = warmed
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    (path,) = (copy / "manifests" / "Dataset990_WarmerDemo" / "nnUNetPlans").glob("3d_fullres/*/*.json")
+    old = json.loads(path.read_text())
+    closure = set(old["entries"])
+    whole = {str(p.relative_to(copy)): digest(p) for p in (copy / "inductor").rglob("*")
+             if p.is_file() and "locks" not in p.parts}
+    path.write_text(json.dumps({**old, "manifest_version": 1, "entries": whole}))
+    target = target_args("3d_fullres", cache=copy)
+    assert cli("status", *target, env=job_env(planned)).returncode == 0
+    result = cli("warm", *target, "--json", env=job_env(planned))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [t["state"] for t in json.loads(result.stdout)["targets"]] == ["already-warm"]
+    rewritten = json.loads(path.read_text())
+    assert rewritten["manifest_version"] == 2 and set(rewritten["entries"]) == closure < set(whole)

@@ -17,7 +17,7 @@ import pytest
 from warmer.cache.files import ABANDONED_AFTER_SECONDS, remove_abandoned_temps
 from warmer.cache.integrity import Damage, damaged_entries, quarantine
 from warmer.cache.layout import CacheDir
-from warmer.cache.manifest import write_manifest
+from warmer.cache.manifest import Manifest, write_manifest
 from warmer.cli import main
 from warmer.pipeline.results import ReplayResult
 from warmer.pipeline.targets import Target
@@ -42,7 +42,8 @@ def published(tmp_path: Path) -> tuple[CacheDir, Path]:
     (cache.inductor / "locks").mkdir()
     (cache.inductor / "locks" / "x.lock").write_bytes(b"")  # torch's own locks are not entries
     target = Target("Dataset990_WarmerDemo", "nnUNetPlans", "2d", "nnUNetTrainerCPUCompile_2it", "cpu", 10)
-    manifest = write_manifest(cache, target, {"device": "cpu"}, "fp", None, ReplayResult(True, {})).path
+    manifest = write_manifest(cache, target, {"device": "cpu"}, "fp", None,
+                              ReplayResult(True, {}, closure=tuple(ENTRIES.values()))).path
     assert set(json.loads(manifest.read_text())["entries"]) == set(ENTRIES.values())
     return cache, manifest
 
@@ -100,7 +101,8 @@ def test_a_user_who_cannot_move_damage_runs_the_job_on_a_private_cache(tmp_path)
         path.parent.mkdir(parents=True)
         path.write_bytes(b"original")
         target = Target("Dataset990_WarmerDemo", "nnUNetPlans", "2d", "nnUNetTrainerCPUCompile_2it", "cpu", 10)
-        write_manifest(cache, target, {"device": "cpu"}, "fp", None, ReplayResult(True, {}))
+        write_manifest(cache, target, {"device": "cpu"}, "fp", None,
+                       ReplayResult(True, {}, closure=(ENTRIES["generated code"],)))
         path.write_bytes(b"garbled")
         for folder, _, files in os.walk(shared):
             os.chmod(folder, 0o755)
@@ -129,3 +131,71 @@ def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path) -> 
     os.utime(tmp_path / names["other host, old"], (0, time.time() - 2 * ABANDONED_AFTER_SECONDS))
     assert remove_abandoned_temps(tmp_path) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["alive here"], names["other host, new"]])
+
+
+TRAINER = "nnUNetTrainerCPUCompile_2it"
+CLOSURES = {"2d": ("FX entry", "kernel .so"), "3d_fullres": ("AOT entry", "kernel .so", "generated code")}
+
+
+@pytest.fixture
+def two_targets(tmp_path: Path) -> tuple[CacheDir, dict[str, Path]]:
+    """Two published targets whose closures share one kernel, in a cache that also holds an entry neither lists."""
+    cache = CacheDir(tmp_path / "cache")
+    for index, relative in enumerate(ENTRIES.values()):
+        (cache.root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (cache.root / relative).write_bytes(bytes(range(256)) * (index + 1))
+    manifests = {}
+    for configuration, kinds in CLOSURES.items():
+        target = Target("Dataset990_WarmerDemo", "nnUNetPlans", configuration, TRAINER, "cpu", 2)
+        closure = tuple(ENTRIES[kind] for kind in kinds)
+        manifests[configuration] = write_manifest(cache, target, {"device": "cpu"}, configuration, None,
+                                                  ReplayResult(True, {}, closure=closure)).path
+    return cache, manifests
+
+
+def test_a_manifest_lists_its_closure_and_nothing_else(two_targets) -> None:
+    cache, manifests = two_targets
+    for configuration, kinds in CLOSURES.items():
+        manifest = Manifest.read(manifests[configuration])
+        assert manifest.lists_closure and set(manifest.entries) == {ENTRIES[kind] for kind in kinds}
+
+
+def test_damage_reaches_only_the_targets_whose_closure_holds_it(two_targets, capsys) -> None:
+    cache, manifests = two_targets
+    only_3d = cache.root / ENTRIES["AOT entry"]
+    only_3d.write_bytes(b"\x1b" + only_3d.read_bytes())
+    key_2d, key_3d = (Manifest.read(manifests[c]).target.key for c in ("2d", "3d_fullres"))
+    assert damaged_entries(cache, [key_2d]) == []
+    assert {d.path for d in damaged_entries(cache, [key_3d])} == {only_3d, manifests["3d_fullres"]}
+    assert main(["check", "--cache-dir", str(cache.root), "--json"]) == 1
+    assert {d["path"] for d in json.loads(capsys.readouterr().out)["damaged"]} == {str(only_3d),
+                                                                                  str(manifests["3d_fullres"])}
+    shared = cache.root / ENTRIES["kernel .so"]
+    shared.write_bytes(shared.read_bytes()[:100])
+    assert {d.path for d in damaged_entries(cache, [key_2d])} == {shared, manifests["2d"]}
+
+
+def test_run_sets_aside_only_the_damage_of_its_commands_target(two_targets, tmp_path, capsys) -> None:
+    """A job of the 2d target on a cache where a file only the 3d_fullres target loads is garbled: the job starts
+    without moving anything, and the 3d_fullres target's damage waits for its own job or warm."""
+    cache, manifests = two_targets
+    only_3d = cache.root / ENTRIES["generated code"]
+    only_3d.write_bytes(b"\x1b" + only_3d.read_bytes())
+    train = tmp_path / "bin" / "nnUNetv2_train"  # stands in for nnU-Net's: `run` reads the target off the arguments
+    train.parent.mkdir()
+    train.write_text("#!/bin/sh\nexit 0\n")
+    train.chmod(0o755)
+    for configuration, moved in (("2d", False), ("3d_fullres", True)):
+        assert main(["run", "--cache-dir", str(cache.root), "--", str(train), "Dataset990_WarmerDemo", configuration,
+                     "0", "-tr", TRAINER, "-device", "cpu"]) == 0
+        assert ("moved 2 damaged files" in capsys.readouterr().err) is moved
+        assert only_3d.exists() is not moved and manifests["3d_fullres"].exists() is not moved
+        assert manifests["2d"].exists()
+
+
+def test_check_reports_the_entries_no_closure_lists(two_targets, capsys) -> None:
+    cache, _ = two_targets
+    assert main(["check", "--cache-dir", str(cache.root), "--json"]) == 0
+    unlisted = json.loads(capsys.readouterr().out)["unlisted"]
+    expected = {ENTRIES["Triton file"]: (cache.root / ENTRIES["Triton file"]).stat().st_size}
+    assert unlisted == {"files": 1, "bytes": sum(expected.values()), "entries": expected}

@@ -1,11 +1,12 @@
 """Find damaged cache entries without compiling, and move them out of the way before anything loads them.
 
-Every manifest records the size and SHA-256 of each file under `inductor/` when it was published (torch's
-own lock files aside). `check` compares them with what is there now: a truncated or garbled FX entry,
-AOTAutograd entry, kernel `.so`, generated code or Triton file no longer matches, and a garbled manifest
-does not parse. `warm` moves damaged entries to `quarantine/` first, so its re-verify misses and it
-compiles them again; `run` does the same before its job starts (torch crashes a job that imports a garbled
-generated file), so jobs load only entries a verify has seen.
+Every manifest records the size and SHA-256 of each file of its target's closure when it was published.
+Comparing them with what is there now finds a truncated or garbled FX entry, AOTAutograd entry, kernel `.so`,
+generated code or Triton file; a garbled manifest does not parse. The checks read only the manifests they are
+given (`keys`): `warm` checks the targets it warms and `run` the target of its command, so damage reaches only
+the targets whose closure holds the damaged file; `check` reads every manifest. `warm` moves damaged entries to
+`quarantine/` first, so its re-verify misses and it compiles them again; `run` does the same before its job
+starts (torch crashes a job that imports a garbled generated file), so jobs load only entries a verify has seen.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from warmer.cache.checksums import digest
-from warmer.cache.layout import CacheDir
+from warmer.cache.checksums import cache_entries, digest
+from warmer.cache.layout import CacheDir, TargetKey
 from warmer.cache.manifest import Manifest, UnreadableManifestError
 from warmer.report import Reporter
 
@@ -52,12 +53,18 @@ def manifest_damage(cache: CacheDir, manifest: Manifest) -> list[Path]:
             if _entry_problem(cache, relative, expected, digests)]
 
 
-def damaged_entries(cache: CacheDir) -> list[Damage]:
-    """Each damaged file once, and every manifest that lists one (its target is no longer proven warm); empty
-    when every manifest's entries are intact."""
+def manifest_files(cache: CacheDir, keys: list[TargetKey] | None = None) -> list[Path]:
+    """The manifest files of the targets `keys` (every fingerprint of each), or of the whole cache."""
+    folders = [cache.manifests] if keys is None else [cache.manifest_folder(key) for key in dict.fromkeys(keys)]
+    return sorted(path for folder in folders if folder.is_dir() for path in folder.rglob("*.json"))
+
+
+def damaged_entries(cache: CacheDir, keys: list[TargetKey] | None = None) -> list[Damage]:
+    """Each damaged file of the manifests of `keys` (default: every manifest) once, and every one of those
+    manifests that lists one (its target is no longer proven warm); empty when their entries are intact."""
     found: dict[Path, str] = {}
     manifests: list[Manifest] = []
-    for path in sorted(cache.manifests.rglob("*.json")) if cache.manifests.is_dir() else []:
+    for path in manifest_files(cache, keys):
         try:
             manifests.append(Manifest.read(path))
         except UnreadableManifestError:
@@ -96,9 +103,22 @@ def quarantine(cache: CacheDir, damaged: list[Damage]) -> tuple[Path, int] | Non
     return (folder, moved) if moved else None
 
 
-def set_aside(cache: CacheDir, report: Reporter) -> None:
-    """Quarantine what `damaged_entries` finds, so nothing loads it again, and say what moved where."""
-    moved = quarantine(cache, damaged_entries(cache))
+def unlisted_entries(cache: CacheDir) -> dict[str, int]:
+    """Cache entries that no readable manifest lists, with their sizes: no verified target loads them (partial
+    compiles, other software's entries, what a crash left); what a future `gc` may remove."""
+    listed: set[str] = set()
+    for path in manifest_files(cache):
+        try:
+            listed.update(Manifest.read(path).entries)
+        except UnreadableManifestError:
+            continue
+    return {relative: size for relative, size in cache_entries(cache).items() if relative not in listed}
+
+
+def set_aside(cache: CacheDir, report: Reporter, keys: list[TargetKey] | None = None) -> None:
+    """Quarantine what `damaged_entries` finds for `keys` (default: every manifest), so nothing loads it again,
+    and say what moved where."""
+    moved = quarantine(cache, damaged_entries(cache, keys))
     if moved is not None:
         folder, count = moved
         report(f"moved {count} damaged files (cache entries and the manifests that list them) to {folder}; "

@@ -4,6 +4,9 @@ A manifest exists only after a fresh process replayed the target with zero misse
 what `status` (and a scheduler) trusts. Path: `CacheDir.manifest_path(key, fingerprint_id)`, where the id
 hashes the fingerprint; several GPU models or torch builds can share one cache side by side.
 On disk a manifest is JSON; read back it is a `Manifest`, which knows its own path.
+Its entries are the target's closure (format 2): the files a fresh process replaying it read, loaded or checked,
+with size and SHA-256, and nothing else. Format 1 manifests listed the whole cache as it was when they were
+published; they stay valid, and the next `warm` (a re-verify) rewrites them with a closure.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warmer.cache.checksums import entry_checksums
+from warmer.cache.checksums import closure_checksums
 from warmer.cache.files import atomic_write_json
 from warmer.cache.layout import CacheDir, TargetKey
 from warmer.pipeline.results import ReplayResult
 from warmer.pipeline.targets import Target
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+CLOSURE_SINCE_VERSION = 2
 
 
 class UnreadableManifestError(ValueError):
@@ -46,6 +50,11 @@ class Manifest:
     entries: dict[str, str]
     manifest_version: int = MANIFEST_VERSION
 
+    @property
+    def lists_closure(self) -> bool:
+        """Its entries are its target's closure (format 2), not a snapshot of the whole cache (format 1)."""
+        return self.manifest_version >= CLOSURE_SINCE_VERSION
+
     def matches(self, fingerprint: Mapping[str, str], fingerprint_id: str) -> bool:
         """Verified under exactly this fingerprint."""
         return self.fingerprint_id == fingerprint_id and self.fingerprint == fingerprint
@@ -53,7 +62,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         return {"manifest_version": self.manifest_version, "target": self.target.to_dict(),
                 "fingerprint": self.fingerprint, "fingerprint_id": self.fingerprint_id,
-                "cold": self.cold.to_dict() if self.cold is not None else None, "verify": self.verify.to_dict(),
+                "cold": self.cold.to_dict(with_closure=False) if self.cold is not None else None,
+                "verify": self.verify.to_dict(with_closure=False),
                 "warmed_at": self.warmed_at, "verified_at": self.verified_at, "host": self.host,
                 "entries": self.entries}
 
@@ -70,7 +80,7 @@ class Manifest:
                        verify=ReplayResult.from_dict(data.get("verify") or {}),
                        warmed_at=str(data.get("warmed_at", "")), verified_at=str(data.get("verified_at", "")),
                        host=str(data.get("host", "")), entries=dict(data.get("entries") or {}),
-                       manifest_version=int(data.get("manifest_version", MANIFEST_VERSION)))
+                       manifest_version=int(data.get("manifest_version", 1)))
         except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as e:
             raise UnreadableManifestError(f"{path}: {e}") from None
 
@@ -78,15 +88,15 @@ class Manifest:
 def write_manifest(cache: CacheDir, target: Target, fingerprint: dict[str, str], fingerprint_id: str,
                    cold: ReplayResult | None, verify: ReplayResult, previous: Manifest | None = None,
                    entries: dict[str, str] | None = None) -> Manifest:
-    """Publish a verified target; `entries` are the cache's checksums when the caller already has them (one
-    pass over the tree serves every rank of a DDP group). A re-verify (`cold` None) keeps the previous
-    manifest's cold replay and warm time."""
+    """Publish a verified target with the checksums of the closure its verify replay recorded (`entries`, when
+    the caller has them already). A re-verify (`cold` None) keeps the previous manifest's cold replay and warm
+    time, and rewrites a format-1 manifest as a closure."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     manifest = Manifest(
         path=cache.manifest_path(target.key, fingerprint_id), target=target, fingerprint=fingerprint,
         fingerprint_id=fingerprint_id, cold=cold if cold is not None else (previous.cold if previous else None),
         verify=verify, warmed_at=(previous.warmed_at or now) if cold is None and previous else now, verified_at=now,
-        host=socket.gethostname(), entries=entry_checksums(cache) if entries is None else entries)
+        host=socket.gethostname(), entries=closure_checksums(cache, verify.closure) if entries is None else entries)
     atomic_write_json(manifest.path, manifest.to_dict())
     return manifest
 

@@ -1,4 +1,5 @@
-"""`nnunet-warmer check`: find damaged cache entries without compiling; exit 1 if any."""
+"""`nnunet-warmer check`: find damaged cache entries without compiling (exit 1 if any), and the entries no
+manifest's closure lists."""
 
 from __future__ import annotations
 
@@ -18,17 +19,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from warmer.cache.integrity import damaged_entries
+    from warmer.cache.integrity import damaged_entries, unlisted_entries
 
     cache = CacheDir(Path(args.cache_dir))
     if not cache.root.is_dir():
         raise UserError(f"cache dir {cache.root} does not exist: pass the --cache-dir you warmed")
     damaged = damaged_entries(cache)
+    unlisted = unlisted_entries(cache)
+    unlisted_bytes = sum(unlisted.values())
     if args.json:
-        emit_json({"cache_dir": str(cache.root), "damaged": [d.to_dict() for d in damaged]})
+        emit_json({"cache_dir": str(cache.root), "damaged": [d.to_dict() for d in damaged],
+                   "unlisted": {"files": len(unlisted), "bytes": unlisted_bytes, "entries": unlisted}})
     else:
         for item in damaged:
             print(f"damaged  {item.path}: {item.problem}")
         print(f"{len(damaged)} damaged entries" + (": `nnunet-warmer warm` for the affected targets moves them "
                                                    "to quarantine/ and compiles them again" if damaged else ""))
+        print(f"{len(unlisted)} entries ({unlisted_bytes / 1e6:.1f} MB) are in no manifest's closure: no verified "
+              f"target loads them")
     return 1 if damaged else 0

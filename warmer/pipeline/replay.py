@@ -14,6 +14,10 @@ shapes are the ones its data loader produces. The sequence follows `run_training
      its own network (deep supervision off from construction), compiles it and predicts. For nnU-Net's own
      trainers this is the final validation's graph again (a re-trace, no compile); it is replayed so that a
      trainer or version whose predictor network differs is warmed too.
+While it replays, the process records its closure: every file under the cache that it opens, imports as an extension
+module, loads with ctypes, compiles as Python, or checks for existence (`os.stat`: torch checks some kernels, such as
+the CPU ISA probe's, only by their presence, and rebuilds them when they are gone). On a hit that is exactly what a
+training job needs from the cache; the manifest lists it.
 A DDP rank (world size > 1) joins its process group first, as `nnUNetv2_train --num-gpus N` does (NCCL on
 cuda:rank; gloo on CPU, for trainers that allow CPU DDP), and replays 1-3 in step with the other ranks; its
 dice loss all-gathers across ranks. Step 4 is left to the single-GPU target: prediction never runs DDP.
@@ -39,6 +43,7 @@ from warmer.pipeline.results import ReplayResult, ReplaySpec
 from warmer.pipeline.targets import Target
 
 PROGRESS_PREFIX = "@@nnunet-warmer "
+_RECORDED_EVENTS = {"open": 0, "import": 1, "ctypes.dlopen": 0, "compile": 1}  # event -> index of its path argument
 
 
 def progress(message: str) -> None:
@@ -122,6 +127,49 @@ def _final_validation_image(trainer: Any) -> Any:
     patch = [int(p) for p in trainer.configuration_manager.patch_size]
     shape = (trainer.num_input_channels, *([1] if len(patch) == 2 else []), *patch)
     return torch.from_numpy(np.zeros(shape, dtype=np.float32))
+
+
+class _ClosureRecorder:
+    """Records the files under the cache dir that this process touches, through Python's audit hooks (open,
+    extension-module import, ctypes.dlopen, compile) and a wrapper around `os.stat` that only observes.
+
+    Audit hooks cannot be removed, so a process records from `start` to its end; files the dynamic linker or a
+    compiler child opens are not seen (on a hit torch starts no compiler, and extension modules are seen)."""
+
+    def __init__(self, inductor: Path) -> None:
+        self.inductor = str(inductor.resolve())
+        self.seen: set[str] = set()
+
+    def _note(self, path: object) -> None:
+        if isinstance(path, (str, bytes, os.PathLike)):
+            try:
+                text = os.fsdecode(path)
+            except TypeError:
+                return
+            if text.startswith(self.inductor):
+                self.seen.add(text)
+
+    def _audit(self, event: str, args: tuple[Any, ...]) -> None:
+        index = _RECORDED_EVENTS.get(event)
+        if index is not None and len(args) > index:
+            self._note(args[index])
+
+    def start(self) -> None:
+        sys.addaudithook(self._audit)
+        real_stat = os.stat
+
+        def observed_stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+            self._note(path)
+            return real_stat(path, *args, **kwargs)
+
+        os.stat = observed_stat  # type: ignore[assignment]
+
+    def closure(self, cache_root: Path) -> tuple[str, ...]:
+        """The regular files seen, relative to the cache dir (torch's lock files and temp files left out)."""
+        locks = os.path.join(self.inductor, "locks") + os.sep
+        files = {os.path.relpath(p, cache_root.resolve()) for p in self.seen
+                 if not p.startswith(locks) and not p.endswith((".lock", ".tmp")) and os.path.isfile(p)}
+        return tuple(sorted(files))
 
 
 def _timed(phase: str, device: Any, fn: Callable[[], None]) -> float:
@@ -222,6 +270,9 @@ class _TrainingRun:
 
 def replay(spec: ReplaySpec, scratch: Path) -> ReplayResult:
     target = spec.target
+    inductor = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    recorder = _ClosureRecorder(inductor)
+    recorder.start()
     _set_threads_like_nnunet(target.device.split(":")[0])
     import torch
     import torch._dynamo.config as dynamo_config
@@ -269,7 +320,8 @@ def replay(spec: ReplaySpec, scratch: Path) -> ReplayResult:
     return ReplayResult(
         compiles=compiles, fingerprint=fingerprint, phases={k: round(v, 3) for k, v in times.items()},
         counters=totals, wall_seconds=round(time.perf_counter() - wall_start, 3),
-        steady_train_step=round(sorted(steady)[len(steady) // 2], 4) if steady else None)
+        steady_train_step=round(sorted(steady)[len(steady) // 2], 4) if steady else None,
+        closure=recorder.closure(inductor.parent))
 
 
 def main(argv: list[str]) -> int:

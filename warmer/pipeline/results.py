@@ -34,7 +34,8 @@ class ReplaySpec:
 
 @dataclass(frozen=True)
 class ReplayResult:
-    """A replay that ran to the end: the fingerprint its process saw, seconds per phase, torch's counters.
+    """A replay that ran to the end: the fingerprint its process saw, seconds per phase, torch's counters, and its
+    closure: the files under the cache dir (relative to it) that the process read, loaded or checked.
 
     `compiles` is False when the trainer does not use torch.compile on that device (then nothing else is set)."""
 
@@ -44,16 +45,19 @@ class ReplayResult:
     counters: Counters = field(default_factory=Counters)
     wall_seconds: float = 0.0
     steady_train_step: float | None = None
+    closure: tuple[str, ...] = ()
 
     @property
     def seconds(self) -> float:
         """The replayed phases' time: what a training job's first steps would spend."""
         return sum(self.phases.values())
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"steady_train_step": self.steady_train_step, "compiles": self.compiles,
+    def to_dict(self, with_closure: bool = True) -> dict[str, Any]:
+        """JSON; a manifest keeps its closure once, as its checksummed entries (`with_closure=False` here)."""
+        data = {"steady_train_step": self.steady_train_step, "compiles": self.compiles,
                 "fingerprint": self.fingerprint, "phases": self.phases, "counters": self.counters.to_dict(),
                 "wall_seconds": self.wall_seconds}
+        return {**data, "closure": list(self.closure)} if with_closure else data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ReplayResult:
@@ -61,5 +65,6 @@ class ReplayResult:
                    phases={str(k): float(v) for k, v in (data.get("phases") or {}).items()},
                    counters=Counters.from_dict(data.get("counters") or {}),
                    wall_seconds=float(data.get("wall_seconds", 0.0)),
-                   steady_train_step=data.get("steady_train_step"))
+                   steady_train_step=data.get("steady_train_step"),
+                   closure=tuple(str(p) for p in data.get("closure") or ()))
 

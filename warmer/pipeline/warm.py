@@ -3,8 +3,9 @@
 A target that already has a manifest for this fingerprint is re-verified only (seconds, not minutes);
 if that verification misses, it is compiled again. A compile replay that missed nothing (every graph was in
 the cache already: another target's, or a manifest that was lost) was itself a fresh-process replay with zero
-misses, so it stands as the verify. All of it runs under the target's lock. The ranks of
-a DDP run are warmed as one group: their replays run at once in one process group, each on its device.
+misses, so it stands as the verify. Each manifest lists the closure its target's verify recorded. All of it
+runs under the target's lock. The ranks of a DDP run are warmed as one group: their replays run at once in one
+process group, each on its device.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from warmer.cache.checksums import entry_checksums
 from warmer.cache.files import remove_abandoned_temps
 from warmer.cache.integrity import set_aside
 from warmer.cache.layout import CacheDir
@@ -64,8 +64,8 @@ class WarmOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target.to_dict(), "label": self.target.label, "state": self.state,
-                "message": self.message, "cold": self.cold.to_dict() if self.cold else None,
-                "verify": self.verify.to_dict() if self.verify else None,
+                "message": self.message, "cold": self.cold.to_dict(with_closure=False) if self.cold else None,
+                "verify": self.verify.to_dict(with_closure=False) if self.verify else None,
                 "manifest": str(self.manifest) if self.manifest else None}
 
 
@@ -227,7 +227,7 @@ def warm_group(dp: DatasetPlans, group: list[Target], cache: CacheDir, report: R
 def _warm_locked(members: list[_Member], cache: CacheDir, report: Reporter,
                  environment: JobEnvironment) -> list[WarmOutcome]:
     _remove_litter(members, cache, report)
-    set_aside(cache, report)
+    set_aside(cache, report, [m.target.key for m in members])
     existing = [matching_manifest(read_manifests(cache, m.target.key), m.fingerprint, m.fingerprint_id)
                 for m in members]
     if all(manifest is not None for manifest in existing):
@@ -254,12 +254,19 @@ def _reverify(members: list[_Member], manifests: list[Manifest], cache: CacheDir
     checks = run_replays(_targets(members), cache, "re-verify", report, environment)
     if any(verify.problems(check.counters, m.ddp) for m, check in zip(members, checks, strict=True)):
         return None
-    entries = entry_checksums(cache)
     return [WarmOutcome(m.target, "already-warm", "already warm, verified again from a fresh process",
-                        manifest.cold, check,
-                        write_manifest(cache, m.target, m.fingerprint, m.fingerprint_id, None, check,
-                                       previous=manifest, entries=entries).path)
+                        manifest.cold, check, _publish(cache, m, None, check, manifest).path)
             for m, manifest, check in zip(members, manifests, checks, strict=True)]
+
+
+def _publish(cache: CacheDir, member: _Member, cold: ReplayResult | None, check: ReplayResult,
+             previous: Manifest | None = None) -> Manifest:
+    """Write the manifest of a verified target, listing the closure its verify recorded."""
+    try:
+        return write_manifest(cache, member.target, member.fingerprint, member.fingerprint_id, cold, check, previous)
+    except FileNotFoundError as e:
+        raise WarmError(f"{member.target.label}: {e.filename} vanished between the verify and the publish (another "
+                        f"process moved it); nothing was published: warm again") from None
 
 
 def _compile_and_verify(members: list[_Member], cache: CacheDir, report: Reporter,
@@ -284,9 +291,9 @@ def _compile_and_verify(members: list[_Member], cache: CacheDir, report: Reporte
         if found:
             raise WarmError(f"{m.target.label}: verification from a fresh process saw {', '.join(found)}; "
                             f"nothing was published (rerun with TORCH_LOGS=+inductor to see the cache keys)")
-    outcomes, entries = [], entry_checksums(cache)
+    outcomes = []
     for m, cold, check in zip(members, colds, checks, strict=True):
-        manifest = write_manifest(cache, m.target, m.fingerprint, m.fingerprint_id, cold, check, entries=entries)
+        manifest = _publish(cache, m, cold, check)
         message = (f"warm: every graph was in the cache already, verified {check.seconds:.1f} s"
                    if check is cold else f"warm: cold {cold.seconds:.1f} s -> verified "
                    f"{check.seconds:.1f} s ({verify.speedup(cold, check)}x)")

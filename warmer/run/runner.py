@@ -3,7 +3,8 @@
 The command gets the cache environment plus the hooks on PYTHONPATH; each of its Python processes leaves a
 counters record, and the summary adds them up. The command's exit code is returned unchanged. Torch would load
 a garbled cache entry and crash the job, so entries that no longer match their manifest's checksums are set
-aside before the command starts.
+aside before the command starts: those of the command's target (every fingerprint of it) for nnU-Net's train
+and predict commands, those of every manifest for a command whose target cannot be read off its arguments.
 """
 
 from __future__ import annotations
@@ -109,11 +110,13 @@ def run_command(command: list[str], cache: CacheDir, environment: JobEnvironment
                       total(Counters.from_dict(p) for p in per_process), per_process)
 
 
-def _private_cache_if_damaged(cache: CacheDir, report: Reporter, private: Path) -> dict[str, str]:
-    """Keep the job from loading damaged code: quarantine it (the job then compiles those graphs again). A user
-    who cannot move it gets the environment of an empty private cache instead, so the job compiles everything."""
+def _private_cache_if_damaged(cache: CacheDir, report: Reporter, private: Path,
+                              keys: list[TargetKey] | None) -> dict[str, str]:
+    """Keep the job from loading damaged code of the targets `keys` (None: of any target): quarantine it (the job
+    then compiles those graphs again). A user who cannot move it gets the environment of an empty private cache
+    instead, so the job compiles everything."""
     try:
-        set_aside(cache, lambda message: report(f"nnunet-warmer: {message}"))
+        set_aside(cache, lambda message: report(f"nnunet-warmer: {message}"), keys)
         return {}
     except PermissionError:
         report(f"nnunet-warmer: the cache has damaged entries and this user cannot move them to quarantine, so "
@@ -131,10 +134,10 @@ def estimated_seconds_saved(cache: CacheDir, key: TargetKey | None, compile_seco
 def run_and_record(command: list[str], cache: CacheDir, environment: JobEnvironment, report: Reporter,
                    output: IO[str] | None = None) -> RunSummary:
     """`nnunet-warmer run`: set damage aside, run, explain misses, append to the ledger, report the summary."""
-    with tempfile.TemporaryDirectory(prefix="nnunet-warmer-private-cache-") as private:
-        summary = run_command(command, cache, environment, _private_cache_if_damaged(cache, report, Path(private)),
-                              output=output)
     target: NnunetCommand | None = parse_nnunet_command(command)
+    with tempfile.TemporaryDirectory(prefix="nnunet-warmer-private-cache-") as private:
+        extra_env = _private_cache_if_damaged(cache, report, Path(private), [target.key] if target else None)
+        summary = run_command(command, cache, environment, extra_env, output=output)
     summary = dataclasses.replace(
         summary,
         estimated_seconds_saved=estimated_seconds_saved(cache, target.key if target else None,
