@@ -193,6 +193,21 @@ def test_run_sets_aside_only_the_damage_of_its_commands_target(two_targets, tmp_
         assert manifests["2d"].exists()
 
 
+def test_run_of_a_target_without_a_manifest_checks_every_manifest(two_targets, tmp_path, capsys) -> None:
+    """A cold target's job may hit entries other targets' verifies listed, so its pre-job check reads them all."""
+    cache, manifests = two_targets
+    only_3d = cache.root / ENTRIES["generated code"]
+    only_3d.write_bytes(b"\x1b" + only_3d.read_bytes())
+    train = tmp_path / "bin" / "nnUNetv2_train"
+    train.parent.mkdir()
+    train.write_text("#!/bin/sh\nexit 0\n")
+    train.chmod(0o755)
+    assert main(["run", "--cache-dir", str(cache.root), "--", str(train), "Dataset990_WarmerDemo", "3d_lowres", "0",
+                 "-tr", TRAINER, "-device", "cpu"]) == 0
+    assert "moved 2 damaged files" in capsys.readouterr().err
+    assert not only_3d.exists() and not manifests["3d_fullres"].exists() and manifests["2d"].exists()
+
+
 def test_check_reports_the_entries_no_closure_lists(two_targets, capsys) -> None:
     cache, _ = two_targets
     assert main(["check", "--cache-dir", str(cache.root), "--json"]) == 0

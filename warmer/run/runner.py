@@ -4,7 +4,8 @@ The command gets the cache environment plus the hooks on PYTHONPATH; each of its
 counters record, and the summary adds them up. The command's exit code is returned unchanged. Torch would load
 a garbled cache entry and crash the job, so entries that no longer match their manifest's checksums are set
 aside before the command starts: those of the command's target (every fingerprint of it) for nnU-Net's train
-and predict commands, those of every manifest for a command whose target cannot be read off its arguments.
+and predict commands whose target has a manifest; those of every manifest for a command whose target cannot be
+read off its arguments or has none (its graphs may hit entries that other targets' verifies listed).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import warmer
-from warmer.cache.integrity import set_aside
+from warmer.cache.integrity import manifest_files, set_aside
 from warmer.cache.layout import CACHE_DIR_VARIABLE, CacheDir, TargetKey
 from warmer.cache.manifest import read_manifests
 from warmer.demo import CPU_TRAINERS_DIR
@@ -135,8 +136,9 @@ def run_and_record(command: list[str], cache: CacheDir, environment: JobEnvironm
                    output: IO[str] | None = None) -> RunSummary:
     """`nnunet-warmer run`: set damage aside, run, explain misses, append to the ledger, report the summary."""
     target: NnunetCommand | None = parse_nnunet_command(command)
+    checked = [target.key] if target and manifest_files(cache, [target.key]) else None
     with tempfile.TemporaryDirectory(prefix="nnunet-warmer-private-cache-") as private:
-        extra_env = _private_cache_if_damaged(cache, report, Path(private), [target.key] if target else None)
+        extra_env = _private_cache_if_damaged(cache, report, Path(private), checked)
         summary = run_command(command, cache, environment, extra_env, output=output)
     summary = dataclasses.replace(
         summary,
