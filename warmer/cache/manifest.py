@@ -86,17 +86,16 @@ class Manifest:
 
 
 def write_manifest(cache: CacheDir, target: Target, fingerprint: dict[str, str], fingerprint_id: str,
-                   cold: ReplayResult | None, verify: ReplayResult, previous: Manifest | None = None,
-                   entries: dict[str, str] | None = None) -> Manifest:
-    """Publish a verified target with the checksums of the closure its verify replay recorded (`entries`, when
-    the caller has them already). A re-verify (`cold` None) keeps the previous manifest's cold replay and warm
-    time, and rewrites a format-1 manifest as a closure."""
+                   cold: ReplayResult | None, verify: ReplayResult, previous: Manifest | None = None) -> Manifest:
+    """Publish a verified target with the checksums of the closure its verify replay recorded. A re-verify
+    (`cold` None) keeps the previous manifest's cold replay and warm time, and rewrites a format-1 manifest as a
+    closure."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     manifest = Manifest(
         path=cache.manifest_path(target.key, fingerprint_id), target=target, fingerprint=fingerprint,
         fingerprint_id=fingerprint_id, cold=cold if cold is not None else (previous.cold if previous else None),
         verify=verify, warmed_at=(previous.warmed_at or now) if cold is None and previous else now, verified_at=now,
-        host=socket.gethostname(), entries=closure_checksums(cache, verify.closure) if entries is None else entries)
+        host=socket.gethostname(), entries=closure_checksums(cache, verify.closure))
     atomic_write_json(manifest.path, manifest.to_dict())
     return manifest
 

@@ -15,8 +15,9 @@ from typing import Any
 
 from warmer.cache.layout import CACHE_DIR_VARIABLE, CACHE_SWITCHES
 from warmer.pipeline.plans import DatasetPlans, find_trainer_class, plans_hash, trainer_source_hash
-from warmer.pipeline.profiles import RECOMPILE_LIMIT_VARIABLE, JobEnvironment
+from warmer.pipeline.profiles import JobEnvironment
 from warmer.pipeline.targets import Target
+from warmer.run.hooks.nnunet_warmer_hook_variables import RECOMPILE_LIMIT
 
 COMPILE_ENV_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_DYNAMO_", "TORCH_COMPILE_")
 
@@ -72,7 +73,7 @@ def software_fingerprint(environment: JobEnvironment) -> dict[str, str]:
         "nnunetv2": _version("nnunetv2"),
         "dynamic_network_architectures": _version("dynamic_network_architectures"),
         "automatic_dynamic_shapes": str(environment.automatic_dynamic_shapes),
-        "recompile_limit": environment.get(RECOMPILE_LIMIT_VARIABLE, "default"),
+        "recompile_limit": environment.get(RECOMPILE_LIMIT, "default"),
         "cache_key_tag": environment.get("TORCH_COMPILE_CACHE_KEY_TAG", ""),
         "compile_env": compile_environment(environment),
         "platform": sys.platform,

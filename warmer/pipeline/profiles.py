@@ -26,7 +26,6 @@ from warmer.run.hooks.nnunet_warmer_hook_variables import HOOKS_DIR, RECOMPILE_L
 Profile = Literal["default", "static"]
 PROFILES: tuple[Profile, ...] = ("default", "static")
 AUTOMATIC_DYNAMIC_VARIABLE = "TORCH_DYNAMO_AUTOMATIC_DYNAMIC_SHAPES"
-RECOMPILE_LIMIT_VARIABLE = RECOMPILE_LIMIT
 STATIC_RECOMPILE_LIMIT = 64
 
 
@@ -42,7 +41,7 @@ def profile_environment(profile: str, pythonpath: str = "") -> dict[str, str]:
     if profile == "default":
         return {}
     if profile == "static":
-        return {AUTOMATIC_DYNAMIC_VARIABLE: "0", RECOMPILE_LIMIT_VARIABLE: str(STATIC_RECOMPILE_LIMIT),
+        return {AUTOMATIC_DYNAMIC_VARIABLE: "0", RECOMPILE_LIMIT: str(STATIC_RECOMPILE_LIMIT),
                 "PYTHONPATH": hooks_pythonpath(pythonpath)}
     raise ValueError(f"unknown shapes profile {profile}")
 
