@@ -22,11 +22,16 @@ def emit_json(data: Any) -> None:
     print(json.dumps(data, indent=1, default=str))
 
 
-def add_target_options(parser: argparse.ArgumentParser, cache: bool) -> None:
+def add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    """nnU-Net's -d -c -p -tr."""
     parser.add_argument("-d", required=True, metavar="DATASET", help="dataset name or ID, as nnUNetv2_train takes it")
     parser.add_argument("-c", nargs="+", metavar="CONFIG", help="configurations (default: all in the plans)")
     parser.add_argument("-p", default="nnUNetPlans", metavar="PLANS", help="plans identifier (default nnUNetPlans)")
     parser.add_argument("-tr", default="nnUNetTrainer", metavar="TRAINER", help="trainer class (default nnUNetTrainer)")
+
+
+def add_target_options(parser: argparse.ArgumentParser, cache: bool) -> None:
+    add_dataset_options(parser)
     parser.add_argument("--device", default="auto", help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--num-gpus", type=int, default=1, metavar="N",
                         help="DDP over N GPUs, as nnUNetv2_train --num-gpus: one target per rank on cuda:rank, "

@@ -115,12 +115,19 @@ class TargetRequest:
     num_gpus: int = 1
 
 
-def select_targets(request: TargetRequest, dry_run: bool = False) -> tuple[DatasetPlans, list[Target]]:
-    """The plans and the targets of a request, every part checked first (versions, plans, configurations,
-    trainer, devices) with one-line errors. A dry run may list CUDA ranks on a machine without them."""
+def check_request(request: TargetRequest) -> tuple[DatasetPlans, list[str]]:
+    """The plans and configurations of a request, with the versions, plans, configurations and trainer checked
+    (one-line errors), but not the devices: `submit` checks on a login node what GPU nodes will run."""
     check_versions()
     dp = load_plans(request.dataset, request.plans_identifier)
     configurations = resolve_configurations(dp, list(request.configurations) or None)
     find_trainer_class(request.trainer)
+    return dp, configurations
+
+
+def select_targets(request: TargetRequest, dry_run: bool = False) -> tuple[DatasetPlans, list[Target]]:
+    """The plans and the targets of a request, every part checked first (versions, plans, configurations,
+    trainer, devices) with one-line errors. A dry run may list CUDA ranks on a machine without them."""
+    dp, configurations = check_request(request)
     devices = ddp_devices(request.num_gpus, request.device, dry_run) or [resolve_device(request.device)]
     return dp, build_targets(dp, configurations, request.trainer, devices)
