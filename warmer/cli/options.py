@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from warmer.cache.layout import CacheDir, default_cache_dir
+from warmer.cache.locking import DEFAULT_LEASE_SECONDS, DEFAULT_WAIT_TIMEOUT, LOCK_KINDS, LockPolicy
 from warmer.cache.trust import OVERRIDE_FLAG, require_trusted
 from warmer.pipeline.profiles import PROFILES, JobEnvironment
 from warmer.pipeline.targets import TargetRequest
@@ -56,6 +57,23 @@ def add_cache_option(parser: argparse.ArgumentParser, loads_code: bool = True) -
         parser.add_argument(OVERRIDE_FLAG, action="store_true",
                             help="use a cache dir that others than you, root and your groups could write (its "
                                  "contents run in every training job)")
+
+
+def add_lock_options(parser: argparse.ArgumentParser) -> None:
+    """How a warm waits for other warmers of its target: `warm` and `watch`."""
+    parser.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
+                        help=f"how long to wait for another warmer of the same target (default "
+                             f"{DEFAULT_WAIT_TIMEOUT:.0f})")
+    parser.add_argument("--lock", choices=LOCK_KINDS, default="flock",
+                        help="flock (default; local disks, NFSv4, Lustre with -o flock) or lease (a file created "
+                             "with O_EXCL and renewed while held; for file systems without flock)")
+    parser.add_argument("--lease", type=float, default=DEFAULT_LEASE_SECONDS, metavar="SECONDS",
+                        help=f"--lock lease: a holder silent this long is taken over (default "
+                             f"{DEFAULT_LEASE_SECONDS:.0f})")
+
+
+def lock_policy(args: argparse.Namespace) -> LockPolicy:
+    return LockPolicy(args.lock, args.wait_timeout, args.lease)
 
 
 def target_request(args: argparse.Namespace) -> TargetRequest:
