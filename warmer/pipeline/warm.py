@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -122,6 +124,22 @@ class _ReplayProcess:
     def failed(self) -> bool:
         return self.process.poll() not in (None, 0)
 
+    def kill(self) -> None:
+        """Kill the replay and every process it started (inductor's compile workers, the C++ compiler). It stays in
+        the warmer's process group, so that killing a warm's group (a scheduler, the fault-injection test) kills
+        its replays too."""
+        for pid in [self.process.pid, *_descendants(self.process.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def abandon(self) -> None:
+        """Kill it, wait for it, and remove its scratch folder: what a warm that is stopped leaves behind."""
+        self.kill()
+        self.process.wait()
+        self.relay.join()
+        self.log.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
     def finish(self, step: str) -> ReplayResult | str:
         """The result, or the error line (with the log's path) when the replay failed."""
         self.relay.join()
@@ -132,6 +150,21 @@ class _ReplayProcess:
             error = data.get("error", f"replay exited with code {self.process.returncode}")
             return f"{self.spec.target.label}: {step} failed: {error} (full log: {self.scratch / 'replay.log'})"
         return ReplayResult.from_dict(data)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every living process below `pid`, read from /proc (empty where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _relay(process: subprocess.Popen[str], log: TextIO, label: str, report: Reporter) -> None:
@@ -153,15 +186,21 @@ def run_replays(targets: list[Target], cache: CacheDir, step: str, report: Repor
     env = {**environment.variables, **cache.torch_environment(), "PYTHONUNBUFFERED": "1"}
     if len(targets) > 1:
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_local_port()))
-    runs = [_ReplayProcess.start(ReplaySpec(target, allow_eager, steady_steps), env,
-                                 f"{step} rank {target.rank}" if len(targets) > 1 else step, report)
-            for target in targets]
-    while any(run.process.poll() is None for run in runs):
-        if any(run.failed() for run in runs):
-            for run in runs:
-                if run.process.poll() is None:
-                    run.process.kill()
-        time.sleep(0.2)
+    runs: list[_ReplayProcess] = []
+    try:
+        for target in targets:
+            runs.append(_ReplayProcess.start(ReplaySpec(target, allow_eager, steady_steps), env,
+                                             f"{step} rank {target.rank}" if len(targets) > 1 else step, report))
+        while any(run.process.poll() is None for run in runs):
+            if any(run.failed() for run in runs):
+                for run in runs:
+                    if run.process.poll() is None:
+                        run.kill()
+            time.sleep(0.2)
+    except BaseException:  # Ctrl-C, or a service told to stop: no replay may outlive the warm
+        for run in runs:
+            run.abandon()
+        raise
     finished = [run.finish(step) for run in runs]
     errors = [result for result in finished if isinstance(result, str)]
     if errors:
