@@ -5,7 +5,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends gcc g++ && rm -
 WORKDIR /opt/nnunet-warmer
 COPY pyproject.toml README.md ./
 COPY warmer ./warmer
-RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 .
-ENV NNUNET_WARMER_CACHE_DIR=/cache
+RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 ".[metrics]"
+ENV NNUNET_WARMER_CACHE_DIR=/cache nnUNet_preprocessed=/data/nnUNet_preprocessed nnUNet_results=/tmp/nnUNet_results
 ENTRYPOINT ["nnunet-warmer"]
-CMD ["--help"]
+# The command for a GPU node pool: keep this node's targets warm, metrics on :9464. Mount the shared cache at /cache
+# and nnUNet_preprocessed at /data/nnUNet_preprocessed; any other command (warm, status, submit) replaces it.
+CMD ["watch", "--metrics-port", "9464", "--metrics-address", "0.0.0.0"]
+EXPOSE 9464

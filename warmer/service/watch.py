@@ -1,0 +1,225 @@
+"""`watch`: keep a node's cache warm by itself. Every interval it finds the datasets' plans, takes each target's
+status for this node's environment, and warms the cold, stale and damaged ones one at a time, through `warm`'s own
+code path and locks (warmers on other nodes still single-flight with it).
+
+A failing target is retried with exponential backoff; a dataset whose plans cannot be read is reported once per
+change and skipped; SIGTERM or SIGINT stop it within seconds, killing its replays (a stopped warm publishes
+nothing). When torch, Triton or nnU-Net change on disk it re-executes itself, so the next pass fingerprints
+with the new software.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+
+from warmer.cache.layout import CacheDir
+from warmer.cache.locking import LockPolicy
+from warmer.cache.status import target_status
+from warmer.cache.trust import require_trusted, shared_root_for_writing
+from warmer.errors import UserError
+from warmer.pipeline.plans import DatasetPlans, resolve_dataset_name
+from warmer.pipeline.profiles import JobEnvironment
+from warmer.pipeline.targets import Target, TargetRequest, build_targets, check_request, resolve_device
+from warmer.pipeline.warm import warm_targets
+from warmer.report import Reporter
+from warmer.service.backoff import Backoff
+from warmer.service.discovery import PlansWatch, find_datasets, plans_signature
+from warmer.service.metrics import ServiceMetrics
+
+SOFTWARE = ("torch", "triton", "nnunetv2", "dynamic_network_architectures", "nnunet-warmer")
+
+
+class StopRequested(BaseException):
+    """SIGTERM or SIGINT arrived: unwind (replays are killed on the way) and exit 0."""
+
+
+@dataclass(frozen=True)
+class WatchRequest:
+    """What to keep warm (-d/-c filter what is found; empty: everything) and how often to look."""
+
+    datasets: tuple[str, ...]
+    configurations: tuple[str, ...]
+    plans_identifier: str
+    trainer: str
+    device: str
+    interval: float
+    retry_base: float
+    retry_cap: float
+    lock: LockPolicy
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise `StopRequested` wherever the service is; a second signal during the cleanup is
+    ignored, so the cleanup (killing replays, releasing locks) runs to its end."""
+
+    def stop(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise StopRequested(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def installed_software() -> dict[str, str]:
+    """Versions on disk now (not the ones imported), to notice an upgrade under a running service."""
+    versions = {}
+    for name in SOFTWARE:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+class Watcher:
+    """The state the service keeps between passes: plans seen, errors reported, retries due, the last counts."""
+
+    def __init__(self, request: WatchRequest, cache: CacheDir, environment: JobEnvironment, report: Reporter,
+                 metrics: ServiceMetrics | None) -> None:
+        self.request, self.cache, self.environment = request, cache, environment
+        self.report, self.metrics = report, metrics
+        self.device = resolve_device(request.device)
+        self.plans = PlansWatch()
+        self.backoff = Backoff(request.retry_base, request.retry_cap)
+        self.not_compiling: set[str] = set()
+        self.software = installed_software()
+        self.last_counts: dict[str, int] | None = None
+        self.warms = 0
+
+    def serve(self) -> None:
+        while True:
+            self.restart_if_software_changed()
+            self.run_pass()
+            time.sleep(self.request.interval)
+
+    def restart_if_software_changed(self) -> None:
+        now = installed_software()
+        changed = [f"{name} {self.software[name]} -> {now[name]}" for name in SOFTWARE
+                   if now[name] != self.software[name]]
+        if changed:
+            self.report(f"software changed on disk ({', '.join(changed)}): re-executing to fingerprint with it")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, [sys.executable, "-m", "warmer", *sys.argv[1:]])
+
+    def run_pass(self) -> dict[str, int]:
+        """One look at every target; warms what is not warm and due. Returns the count of targets per state,
+        which it reports when it changed or a warm ran."""
+        states: collections.Counter[str] = collections.Counter()
+        unreadable, warms_before = 0, self.warms
+        for dataset in find_datasets(self.request.plans_identifier, self.request.datasets):
+            found = self._dataset_targets(dataset)
+            if found is None:
+                unreadable += 1
+                continue
+            dp, targets = found
+            for target in targets:
+                states[self._keep_warm(dp, target)] += 1
+        counts = dict(sorted(states.items()))
+        if counts != self.last_counts or self.warms != warms_before:
+            summary = ", ".join(f"{n} {state}" for state, n in counts.items()) or "none found yet"
+            self.report(f"targets: {summary}" + (f"; {unreadable} dataset(s) skipped" if unreadable else ""))
+            self.last_counts = counts
+        self._metrics(lambda m: m.record_pass(counts, unreadable, time.time()))
+        return counts
+
+    def _dataset_targets(self, dataset: str) -> tuple[DatasetPlans, list[Target]] | None:
+        """The dataset's plans and targets, or None (reported once per change of its plans) when they cannot be
+        read; a change of plans is reported as it is seen."""
+        try:
+            name = resolve_dataset_name(dataset)
+            change = self.plans.changed(dataset, plans_signature(name, self.request.plans_identifier))
+            if change:
+                self.report(f"{name}: plans {change}")
+            dp, available = check_request(TargetRequest(name, (), self.request.plans_identifier,
+                                                        self.request.trainer, self.request.device))
+        except UserError as e:
+            if self.plans.first_report_of(dataset, str(e)):
+                self.report(f"{dataset}: skipped: {e}")
+            return None
+        wanted = [c for c in available if not self.request.configurations or c in self.request.configurations]
+        return dp, build_targets(dp, wanted, self.request.trainer, [self.device])
+
+    def _keep_warm(self, dp: DatasetPlans, target: Target) -> str:
+        """The target's state after this pass: warmed now if it was not warm and its retry is due."""
+        status = target_status(dp, target, self.cache, self.environment)
+        key = f"{target.label}@{status.fingerprint_id}"
+        if key in self.not_compiling:
+            return "no-compile"
+        if status.state == "warm" or not self.backoff.due(key, time.time()):
+            return status.state
+        self.report(f"{target.label}: {status.state}; warming")
+        self.warms += 1
+        start = time.monotonic()
+        failure, compiles = self._warm(dp, target)
+        seconds = time.monotonic() - start
+        self._metrics(lambda m: m.record_warm(failure is None, seconds))
+        if failure is None:
+            self.backoff.succeeded(key)
+            if not compiles:  # nothing to warm until its plans, trainer or software change (another key)
+                self.not_compiling.add(key)
+                return "no-compile"
+            return "warm"
+        retry = self.backoff.failed(key, time.time())
+        self.report(f"{target.label}: warm failed ({failure}); retry {retry.failures} in {retry.delay:.0f} s, at "
+                    f"{time.strftime('%H:%M:%S', time.localtime(retry.due))}")
+        return status.state
+
+    def _warm(self, dp: DatasetPlans, target: Target) -> tuple[str | None, bool]:
+        """Warm one target as `warm` does: the failure as one line (or None), and whether its trainer compiles
+        on this device at all."""
+        try:
+            require_trusted(self.cache)
+            with shared_root_for_writing(self.cache):
+                for group in warm_targets(dp, [target], self.cache, self.environment,
+                                          self.request.lock, self.report):
+                    if group.failure is not None:
+                        return group.failure, True
+                    for outcome in group.outcomes:
+                        self.report(f"{target.label}: {outcome.message}")
+                        if outcome.state == "no-compile":
+                            return None, False
+        except UserError as e:
+            return str(e), True
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+                return f"{e.strerror}: {e.filename}", True
+            raise
+        return None, True
+
+    def _metrics(self, update: Callable[[ServiceMetrics], None]) -> None:
+        if self.metrics is None:
+            return
+        try:
+            update(self.metrics)
+        except UserError as e:
+            self.report(f"metrics: {e}")
+
+
+def watch(request: WatchRequest, cache: CacheDir, environment: JobEnvironment, report: Reporter,
+          metrics: ServiceMetrics | None) -> int:
+    """Run until SIGTERM or SIGINT; exit code 0 then."""
+    watcher = Watcher(request, cache, environment, report, metrics)
+    report(f"watching {', '.join(request.datasets) or 'every dataset in nnUNet_preprocessed'} every "
+           f"{request.interval:g} s; cache {cache.root}")
+    with stop_on_signals():
+        try:
+            watcher.serve()
+        except StopRequested as e:
+            report(f"stopped on {e}")
+    return 0
