@@ -98,7 +98,7 @@ class Watcher:
         self.backoff = Backoff(request.retry_base, request.retry_cap)
         self.not_compiling: set[str] = set()
         self.software = installed_software()
-        self.last_counts: dict[str, int] | None = None
+        self.last_counts: tuple[dict[str, int], int] | None = None
         self.warms = 0
 
     def serve(self) -> None:
@@ -131,10 +131,10 @@ class Watcher:
             for target in targets:
                 states[self._keep_warm(dp, target)] += 1
         counts = dict(sorted(states.items()))
-        if counts != self.last_counts or self.warms != warms_before:
+        if (counts, unreadable) != self.last_counts or self.warms != warms_before:
             summary = ", ".join(f"{n} {state}" for state, n in counts.items()) or "none found yet"
             self.report(f"targets: {summary}" + (f"; {unreadable} dataset(s) skipped" if unreadable else ""))
-            self.last_counts = counts
+            self.last_counts = (counts, unreadable)
         self._metrics(lambda m: m.record_pass(counts, unreadable, time.time()))
         return counts
 
