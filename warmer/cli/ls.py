@@ -1,0 +1,62 @@
+"""`nnunet-warmer ls`: one row per verified target in the cache, with sizes, sharing and last use."""
+
+from __future__ import annotations
+
+import argparse
+
+from warmer.cli.options import add_cache_option, emit_json, job_environment
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ls", help="what the cache holds: one row per verified target, sizes, last use")
+    add_cache_option(p, loads_code=False)
+    p.add_argument("--sort", choices=("size", "last-used"), default="size",
+                   help="size (largest closure first, default) or last-used (least recently used first)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from warmer.cache.inventory import age, take_inventory
+    from warmer.cache.layout import CacheDir
+    from warmer.errors import UserError
+    from warmer.pipeline.fingerprint import device_description, software_fingerprint
+
+    cache = CacheDir(Path(args.cache_dir))
+    if not cache.root.is_dir():
+        raise UserError(f"cache dir {cache.root} does not exist: pass the --cache-dir you warmed")
+    devices = {"cpu": device_description("cpu")}
+    if torch.cuda.is_available():
+        devices["cuda"] = device_description("cuda:0")
+    inventory = take_inventory(cache, software_fingerprint(job_environment(args)), devices)
+    if args.sort == "size":
+        rows = sorted(inventory.targets, key=lambda t: -t.closure_bytes)
+    else:
+        rows = sorted(inventory.targets, key=lambda t: t.last_used or 0.0)
+    if args.json:
+        emit_json({**inventory.to_dict(), "targets": [t.to_dict() for t in rows]})
+        return 0
+    width = max([len("target"), *(len(t.manifest.target.label) for t in rows)])
+    print(f"{'target':{width}} {'gpu':22} {'torch':14} {'here':17} {'closure':>9} {'shared':>9}  {'last used':12} "
+          f"verified")
+    for t in rows:
+        print(f"{t.manifest.target.label:{width}} {t.gpu[:22]:22} {t.manifest.fingerprint.get('torch', '')[:14]:14} "
+              f"{t.here:17} {_size(t.closure_bytes):>9} {_size(t.shared_bytes):>9}  {age(t.last_used):12} "
+              f"{t.manifest.verified_at}")
+    print(f"{len(rows)} target(s); cache {_size(inventory.cache_bytes)}, in no closure "
+          f"{_size(inventory.unlisted_bytes)}, quarantine {_size(inventory.quarantine_bytes)}"
+          + (f"; {len(inventory.unreadable_manifests)} unreadable manifest(s)" if inventory.unreadable_manifests
+             else ""))
+    return 0
