@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from warmer.cluster.jobs import JobRequest, SlurmJob, check_job_options, plan_jo
 from warmer.cluster.slurm import SbatchError, require_sbatch, sbatch, scancel
 from warmer.errors import UserError
 from warmer.pipeline.targets import TargetRequest, check_request
+from warmer.report import Reporter
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def _write_scripts(jobs: list[SlurmJob], folder: Path) -> None:
         for job in jobs:
             job.script.write_text(job.text)
             job.script.chmod(0o755)
-    except PermissionError as e:
+    except OSError as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise UserError(f"cannot write the job scripts to {folder}: {e.strerror}: pass --jobs-dir with a folder "
                         f"you can write on storage the nodes see") from None
@@ -69,7 +69,7 @@ def _roll_back(queued: list[str], folder: Path) -> str:
             f"(scripts in {folder})")
 
 
-def submit_jobs(jobs: list[SlurmJob], folder: Path, report: Callable[[str], None]) -> list[SubmittedJob]:
+def submit_jobs(jobs: list[SlurmJob], folder: Path, report: Reporter) -> list[SubmittedJob]:
     """Write every script into `folder`, then queue the jobs in order: each training array with
     `--dependency=afterok:<its warm job> --kill-on-invalid-dep=yes`, so a failed warm cancels it."""
     _write_scripts(jobs, folder)
@@ -108,7 +108,7 @@ def prepare(request: JobRequest, dry_run: bool) -> JobRequest:
                    log_dir=new_jobs_folder(request.log_dir, dp.dataset_name))
 
 
-def submit_chain(request: JobRequest, dry_run: bool, report: Callable[[str], None]
+def submit_chain(request: JobRequest, dry_run: bool, report: Reporter
                  ) -> tuple[JobRequest, list[SubmittedJob]]:
     """The checked request and its jobs, queued unless this is a dry run."""
     request = prepare(request, dry_run)
