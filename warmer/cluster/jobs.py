@@ -46,6 +46,12 @@ class JobRequest:
     allow_untrusted_cache: bool = False
     train_args: tuple[str, ...] = ()
 
+    @property
+    def cache_args(self) -> list[str]:
+        """The cache flags every job passes on, to `status`, `warm` and `run` alike."""
+        return ["--cache-dir", str(self.cache_dir), "--shapes", self.shapes,
+                *(["--allow-untrusted-cache"] if self.allow_untrusted_cache else [])]
+
     def node_options(self, gpu_type: str | None) -> list[str]:
         """The sbatch options of every job of one GPU type: the type, a GPU when training on CUDA (unless the
         user's options ask for GPUs themselves), then the user's options. Warm and training jobs of a type get
@@ -153,8 +159,7 @@ def warm_script(request: JobRequest, gpu_type: str | None, warmer: list[str]) ->
                f"Ends at once when status finds every target warm; otherwise warm compiles and verifies them.\n"
                f"A non-zero exit makes SLURM cancel the training jobs that depend on this one.")
     targets = ["-d", request.dataset_name, "-c", *request.configurations, "-p", request.plans_identifier,
-               "-tr", request.trainer, "--device", request.device, "--cache-dir", str(request.cache_dir),
-               "--shapes", request.shapes, *(["--allow-untrusted-cache"] if request.allow_untrusted_cache else [])]
+               "-tr", request.trainer, "--device", request.device, *request.cache_args]
     body = (f"set -uo pipefail\n{_exports()}"
             f"targets=({_quote(targets)})\n"
             f"{_quote(warmer)} status \"${{targets[@]}}\"\n"
@@ -178,8 +183,7 @@ def train_script(request: JobRequest, gpu_type: str | None, configuration: str, 
                f"fold.\nQueued with --dependency=afterok:<warm job> --kill-on-invalid-dep=yes: it starts only "
                f"after that\njob succeeded, and SLURM cancels it if that job fails.")
     summary = f"{request.log_dir}/{stem}-${{SLURM_ARRAY_JOB_ID}}_${{fold}}.json"
-    run = [*warmer, "run", "--cache-dir", str(request.cache_dir), "--shapes", request.shapes,
-           *(["--allow-untrusted-cache"] if request.allow_untrusted_cache else [])]
+    run = [*warmer, "run", *request.cache_args]
     command = [train, request.dataset_name, configuration]
     options = ["-tr", request.trainer, "-p", request.plans_identifier, "-device", request.device,
                *request.train_args]
