@@ -17,7 +17,7 @@ import pytest
 from warmer.cache.files import ABANDONED_AFTER_SECONDS, remove_abandoned_temps
 from warmer.cache.integrity import Damage, damaged_entries, quarantine
 from warmer.cache.layout import CacheDir
-from warmer.cache.manifest import Manifest, write_manifest
+from warmer.cache.manifest import Manifest, new_manifest
 from warmer.cli import main
 from warmer.pipeline.results import ReplayResult
 from warmer.pipeline.targets import Target
@@ -42,8 +42,8 @@ def published(tmp_path: Path) -> tuple[CacheDir, Path]:
     (cache.inductor / "locks").mkdir()
     (cache.inductor / "locks" / "x.lock").write_bytes(b"")  # torch's own locks are not entries
     target = Target("Dataset990_WarmerDemo", "nnUNetPlans", "2d", "nnUNetTrainerCPUCompile_2it", "cpu", 10)
-    manifest = write_manifest(cache, target, {"device": "cpu"}, "fp", None,
-                              ReplayResult(True, {}, closure=tuple(ENTRIES.values()))).path
+    manifest = new_manifest(cache, target, {"device": "cpu"}, "fp", None,
+                            ReplayResult(True, {}, closure=tuple(ENTRIES.values()))).write().path
     assert set(json.loads(manifest.read_text())["entries"]) == set(ENTRIES.values())
     return cache, manifest
 
@@ -101,8 +101,8 @@ def test_a_user_who_cannot_move_damage_runs_the_job_on_a_private_cache(tmp_path)
         path.parent.mkdir(parents=True)
         path.write_bytes(b"original")
         target = Target("Dataset990_WarmerDemo", "nnUNetPlans", "2d", "nnUNetTrainerCPUCompile_2it", "cpu", 10)
-        write_manifest(cache, target, {"device": "cpu"}, "fp", None,
-                       ReplayResult(True, {}, closure=(ENTRIES["generated code"],)))
+        new_manifest(cache, target, {"device": "cpu"}, "fp", None,
+                     ReplayResult(True, {}, closure=(ENTRIES["generated code"],))).write()
         path.write_bytes(b"garbled")
         for folder, _, files in os.walk(shared):
             os.chmod(folder, 0o755)
@@ -148,8 +148,8 @@ def two_targets(tmp_path: Path) -> tuple[CacheDir, dict[str, Path]]:
     for configuration, kinds in CLOSURES.items():
         target = Target("Dataset990_WarmerDemo", "nnUNetPlans", configuration, TRAINER, "cpu", 2)
         closure = tuple(ENTRIES[kind] for kind in kinds)
-        manifests[configuration] = write_manifest(cache, target, {"device": "cpu"}, configuration, None,
-                                                  ReplayResult(True, {}, closure=closure)).path
+        manifests[configuration] = new_manifest(cache, target, {"device": "cpu"}, configuration, None,
+                                                ReplayResult(True, {}, closure=closure)).write().path
     return cache, manifests
 
 

@@ -83,7 +83,7 @@ def test_read_only_cache_does_not_fail_the_job(tmp_path: Path) -> None:
 def test_metrics_file_parses_with_prometheus_parser(tmp_path: Path) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from warmer.cache.manifest import write_manifest
+    from warmer.cache.manifest import new_manifest
     from warmer.pipeline.fingerprint import software_fingerprint
     from warmer.pipeline.profiles import JobEnvironment
     from warmer.pipeline.results import ReplayResult
@@ -95,7 +95,8 @@ def test_metrics_file_parses_with_prometheus_parser(tmp_path: Path) -> None:
     here = software_fingerprint(JobEnvironment.with_profile("default"))
     for configuration, torch_version in (("3d_fullres", here["torch"]), ("2d", "2.0.0")):
         target = Target("Dataset001_A", "nnUNetPlans", configuration, "nnUNetTrainer", "cuda:0", 2)
-        write_manifest(cache, target, {**here, "torch": torch_version}, configuration, None, ReplayResult(True, {}))
+        new_manifest(cache, target, {**here, "torch": torch_version}, configuration, None,
+                     ReplayResult(True, {})).write()
     metrics_file = tmp_path / "nnunet_warmer.prom"
     assert main(["stats", "--cache-dir", str(cache.root), "--metrics-file", str(metrics_file)]) == 0
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value

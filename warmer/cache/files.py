@@ -41,12 +41,12 @@ def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
         os.close(directory)
 
 
-def remove_abandoned_temps(folder: Path) -> int:
-    """Delete the temp files of writers that died mid-write (SIGKILL, node lost), so a crash leaves no litter.
+def abandoned_temps(folder: Path) -> list[Path]:
+    """The temp files in `folder` of writers that died mid-write (SIGKILL, node lost).
 
     A temp file names its writer's host and pid: on this host it is abandoned once that process is gone; a
-    file of another host is abandoned once it is a day old (no write takes that long). Returns how many went."""
-    removed, host = 0, socket.gethostname()
+    file of another host is abandoned once it is a day old (no write takes that long)."""
+    found, host = [], socket.gethostname()
     for tmp in folder.glob(f".*{TEMP_SUFFIX}") if folder.is_dir() else []:
         writer_host, _, pid = tmp.name[: -len(TEMP_SUFFIX)].partition(".json.")[2].rpartition(".")
         try:
@@ -54,12 +54,34 @@ def remove_abandoned_temps(folder: Path) -> int:
                 abandoned = not _process_exists(int(pid))
             else:
                 abandoned = time.time() - tmp.stat().st_mtime > ABANDONED_AFTER_SECONDS
-            if abandoned:
-                tmp.unlink()
-                removed += 1
         except FileNotFoundError:
             continue
+        if abandoned:
+            found.append(tmp)
+    return found
+
+
+def remove_abandoned_temps(folder: Path) -> int:
+    """Delete the temp files of dead writers in `folder`, so a crash leaves no litter. Returns how many went."""
+    removed = 0
+    for tmp in abandoned_temps(folder):
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            continue
+        removed += 1
     return removed
+
+
+def server_now(folder: Path) -> float:
+    """The file server's clock: the mtime of a file just written in `folder` (nodes' clocks may disagree, and
+    file ages on shared storage are measured against it)."""
+    probe = folder / f".clock.{socket.gethostname()}.{os.getpid()}"
+    probe.write_bytes(b"")
+    try:
+        return probe.stat().st_mtime
+    finally:
+        probe.unlink()
 
 
 def _process_exists(pid: int) -> bool:

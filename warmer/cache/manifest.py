@@ -67,6 +67,11 @@ class Manifest:
                 "warmed_at": self.warmed_at, "verified_at": self.verified_at, "host": self.host,
                 "entries": self.entries}
 
+    def write(self) -> Manifest:
+        """Publish it: an atomic write to its path."""
+        atomic_write_json(self.path, self.to_dict())
+        return self
+
     @classmethod
     def read(cls, path: Path) -> Manifest:
         """The manifest at `path`; UnreadableManifestError when it cannot be read or is not a manifest."""
@@ -85,19 +90,17 @@ class Manifest:
             raise UnreadableManifestError(f"{path}: {e}") from None
 
 
-def write_manifest(cache: CacheDir, target: Target, fingerprint: dict[str, str], fingerprint_id: str,
-                   cold: ReplayResult | None, verify: ReplayResult, previous: Manifest | None = None) -> Manifest:
-    """Publish a verified target with the checksums of the closure its verify replay recorded. A re-verify
-    (`cold` None) keeps the previous manifest's cold replay and warm time, and rewrites a format-1 manifest as a
-    closure."""
+def new_manifest(cache: CacheDir, target: Target, fingerprint: dict[str, str], fingerprint_id: str,
+                 cold: ReplayResult | None, verify: ReplayResult, previous: Manifest | None = None) -> Manifest:
+    """The manifest of a verified target, with the checksums of the closure its verify replay recorded (written by
+    `Manifest.write`). A re-verify (`cold` None) keeps the previous manifest's cold replay and warm time, and
+    rewrites a format-1 manifest as a closure. A closure file that is gone raises FileNotFoundError."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    manifest = Manifest(
+    return Manifest(
         path=cache.manifest_path(target.key, fingerprint_id), target=target, fingerprint=fingerprint,
         fingerprint_id=fingerprint_id, cold=cold if cold is not None else (previous.cold if previous else None),
         verify=verify, warmed_at=(previous.warmed_at or now) if cold is None and previous else now, verified_at=now,
         host=socket.gethostname(), entries=closure_checksums(cache, verify.closure))
-    atomic_write_json(manifest.path, manifest.to_dict())
-    return manifest
 
 
 def read_manifests(cache: CacheDir, key: TargetKey) -> list[Manifest]:
