@@ -5,6 +5,7 @@ Layout under the directory a user passes as `--cache-dir`:
   inductor/locks/    torch's own lock files (not cache entries)
   manifests/<key>/   one JSON per verified target and environment fingerprint (written by the publish stage)
   locks/<key>/       one lock per target and fingerprint, so only one warmer compiles it at a time
+  locks/publish.lock publishes hold it shared, `gc` exclusive while it deletes
   ledger/            one JSON-lines file per host, one record per run and per warmed target
   quarantine/<time>/ damaged entries and the manifests that listed them, moved aside
 where <key> is a `TargetKey`: dataset/plans/configuration/trainer.
@@ -94,6 +95,10 @@ class CacheDir:
 
     def lock_path(self, key: TargetKey, fingerprint_id: str) -> Path:
         return self.locks / key.relative / f"{fingerprint_id}.lock"
+
+    @property
+    def publish_lock(self) -> Path:
+        return self.locks / "publish.lock"
 
     def ledger_file(self, host: str) -> Path:
         return self.ledger / f"{host}.jsonl"

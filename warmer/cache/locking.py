@@ -15,12 +15,19 @@ models or torch builds run in parallel. Two kinds, because shared file systems d
 The lock saves work; it does not guard correctness. Entries are content-addressed and manifests are
 published atomically after a verify, so two warmers that both compile (a lease taken over from a holder
 that was only frozen) waste time and corrupt nothing.
+
+One more lock guards correctness: the cache's publish lock. A publish (checksum the closure, write the manifest)
+holds it shared, so publishes run in parallel; `gc` holds it exclusive while it drops manifests and deletes the
+files no remaining manifest lists. A publish therefore either comes before the deletion (`gc` then sees its
+manifest and keeps its files) or after it (its checksums find the files gone, and nothing is published).
+With `lease` (no flock on that file system) both kinds are the exclusive lease: publishes then queue.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -34,6 +41,7 @@ from typing import Literal
 
 from filelock import FileLock, Timeout
 
+from warmer.cache.files import server_now
 from warmer.errors import UserError
 from warmer.report import Reporter
 
@@ -110,20 +118,10 @@ def _flock(lock_path: Path, policy: LockPolicy, report: Reporter) -> Iterator[No
         lock.release()
 
 
-def _server_now(folder: Path) -> float:
-    """The file server's clock: the mtime of a file just written there (nodes' clocks may disagree)."""
-    probe = folder / f".clock.{socket.gethostname()}.{os.getpid()}"
-    probe.write_bytes(b"")
-    try:
-        return probe.stat().st_mtime
-    finally:
-        probe.unlink()
-
-
 def _take_over_if_expired(path: Path, lease_seconds: float) -> bool:
     """Move an expired lease aside (rename is atomic: one waiter wins); True when the path is free now."""
     try:
-        age = _server_now(path.parent) - path.stat().st_mtime
+        age = server_now(path.parent) - path.stat().st_mtime
     except FileNotFoundError:
         return True
     if age <= lease_seconds:
@@ -176,3 +174,39 @@ def _lease_lock(path: Path, policy: LockPolicy, report: Reporter) -> Iterator[No
         with contextlib.suppress(OSError, ValueError):
             if json.loads(path.read_text()).get("token") == info["token"]:
                 path.unlink()
+
+
+@contextlib.contextmanager
+def publish_lock(path: Path, policy: LockPolicy, report: Reporter, exclusive: bool) -> Iterator[None]:
+    """Hold the cache's publish lock: shared for a publish, exclusive for `gc`'s deletions (see the module's doc)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if policy.kind == "lease":
+        with _lease_lock(path.with_suffix(".lease"), policy, report):
+            yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        start = time.monotonic()
+        reported = 0.0
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = time.monotonic() - start
+                if waited >= policy.wait_timeout:
+                    raise UserError(f"lock wait timed out after {waited:.0f} s: {path} stayed held (a gc deleting, or "
+                                    f"warmers publishing): rerun later or raise --wait-timeout") from None
+                if waited - reported >= policy.poll_seconds:
+                    reported = waited
+                    report(f"waiting for the publish lock ({'a publish' if exclusive else 'a gc'} holds it), "
+                           f"{waited:.0f} s")
+                time.sleep(0.05)
+            except OSError as e:
+                if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
+                    raise UserError(f"the file system of {path} does not support flock ({e.strerror}): mount it "
+                                    f"with flock support (Lustre: -o flock), or pass --lock lease") from None
+                raise
+        yield
+    finally:
+        os.close(fd)

@@ -30,8 +30,8 @@ from typing import Any, Literal, TextIO
 from warmer.cache.files import remove_abandoned_temps
 from warmer.cache.integrity import set_aside
 from warmer.cache.layout import CacheDir
-from warmer.cache.locking import LockPolicy, target_lock
-from warmer.cache.manifest import Manifest, matching_manifest, read_manifests, write_manifest
+from warmer.cache.locking import LockPolicy, publish_lock, target_lock
+from warmer.cache.manifest import Manifest, matching_manifest, new_manifest, read_manifests
 from warmer.errors import WarmError
 from warmer.ledger import records
 from warmer.pipeline import verify
@@ -256,25 +256,32 @@ def warm_group(dp: DatasetPlans, group: list[Target], cache: CacheDir, report: R
     with contextlib.ExitStack() as locks:
         for member in members:
             locks.enter_context(target_lock(cache.lock_path(member.target.key, member.fingerprint_id), lock, report))
-        outcomes = _warm_locked(members, cache, report, environment)
+        outcomes = _warm_locked(members, cache, report, environment, lock)
     for outcome in outcomes:
         if outcome.state != "no-compile":
             records.append_or_warn(cache, outcome.ledger_record(), report)
     return outcomes
 
 
-def _warm_locked(members: list[_Member], cache: CacheDir, report: Reporter,
-                 environment: JobEnvironment) -> list[WarmOutcome]:
+def _warm_locked(members: list[_Member], cache: CacheDir, report: Reporter, environment: JobEnvironment,
+                 lock: LockPolicy) -> list[WarmOutcome]:
     _remove_litter(members, cache, report)
     set_aside(cache, report, [m.target.key for m in members])
     existing = [matching_manifest(read_manifests(cache, m.target.key), m.fingerprint, m.fingerprint_id)
                 for m in members]
     if all(manifest is not None for manifest in existing):
-        reverified = _reverify(members, [m for m in existing if m is not None], cache, report, environment)
+        reverified = _reverify(members, [m for m in existing if m is not None], cache, report, environment, lock)
         if reverified is not None:
             return reverified
         report("re-verify: the cache no longer hits; compiling again")
-    return _compile_and_verify(members, cache, report, environment)
+    outcomes = _compile_and_verify(members, cache, report, environment, lock)
+    if outcomes is None:
+        report("compiling again, so that the manifest lists only files that exist")
+        outcomes = _compile_and_verify(members, cache, report, environment, lock)
+    if outcomes is None:
+        raise WarmError(f"{members[0].target.label}: files its verify loaded were deleted before the publish twice "
+                        f"(gc or quarantine running meanwhile); nothing was published: warm again")
+    return outcomes
 
 
 def _remove_litter(members: list[_Member], cache: CacheDir, report: Reporter) -> None:
@@ -288,28 +295,38 @@ def _targets(members: list[_Member]) -> list[Target]:
 
 
 def _reverify(members: list[_Member], manifests: list[Manifest], cache: CacheDir, report: Reporter,
-              environment: JobEnvironment) -> list[WarmOutcome] | None:
-    """Outcomes of targets that are still warm, verified again from a fresh process; None when that misses."""
+              environment: JobEnvironment, lock: LockPolicy) -> list[WarmOutcome] | None:
+    """Outcomes of targets that are still warm, verified again from a fresh process; None when that misses or its
+    files went before the publish."""
     checks = run_replays(_targets(members), cache, "re-verify", report, environment)
     if any(verify.problems(check.counters, m.ddp) for m, check in zip(members, checks, strict=True)):
         return None
+    published = _publish(cache, members, [None] * len(members), checks, manifests, lock, report)
+    if published is None:
+        return None
     return [WarmOutcome(m.target, "already-warm", "already warm, verified again from a fresh process",
-                        manifest.cold, check, _publish(cache, m, None, check, manifest).path)
-            for m, manifest, check in zip(members, manifests, checks, strict=True)]
+                        previous.cold, check, manifest.path)
+            for m, previous, check, manifest in zip(members, manifests, checks, published, strict=True)]
 
 
-def _publish(cache: CacheDir, member: _Member, cold: ReplayResult | None, check: ReplayResult,
-             previous: Manifest | None = None) -> Manifest:
-    """Write the manifest of a verified target, listing the closure its verify recorded."""
-    try:
-        return write_manifest(cache, member.target, member.fingerprint, member.fingerprint_id, cold, check, previous)
-    except FileNotFoundError as e:
-        raise WarmError(f"{member.target.label}: {e.filename} vanished between the verify and the publish (another "
-                        f"process moved it); nothing was published: warm again") from None
+def _publish(cache: CacheDir, members: list[_Member], colds: list[ReplayResult | None], checks: list[ReplayResult],
+             previous: list[Manifest] | list[None], lock: LockPolicy, report: Reporter) -> list[Manifest] | None:
+    """Write the manifests of verified targets, each listing the closure its verify recorded, under the shared
+    publish lock, so that no `gc` deletes in between. None, and nothing written, when a closure file is gone since
+    the verify read it (a `gc` deleted it, or another warmer moved it to quarantine)."""
+    with publish_lock(cache.publish_lock, lock, report, exclusive=False):
+        try:
+            manifests = [new_manifest(cache, m.target, m.fingerprint, m.fingerprint_id, cold, check, before)
+                         for m, cold, check, before in zip(members, colds, checks, previous, strict=True)]
+        except FileNotFoundError as e:
+            report(f"{e.filename} vanished between the verify and the publish; nothing was published")
+            return None
+        return [manifest.write() for manifest in manifests]
 
 
-def _compile_and_verify(members: list[_Member], cache: CacheDir, report: Reporter,
-                        environment: JobEnvironment) -> list[WarmOutcome]:
+def _compile_and_verify(members: list[_Member], cache: CacheDir, report: Reporter, environment: JobEnvironment,
+                        lock: LockPolicy) -> list[WarmOutcome] | None:
+    """Compile, verify from a fresh process and publish; None when closure files went before the publish."""
     colds = run_replays(_targets(members), cache, "compile", report, environment)
     if not all(cold.compiles for cold in colds):
         target = members[0].target
@@ -330,9 +347,11 @@ def _compile_and_verify(members: list[_Member], cache: CacheDir, report: Reporte
         if found:
             raise WarmError(f"{m.target.label}: verification from a fresh process saw {', '.join(found)}; "
                             f"nothing was published (rerun with TORCH_LOGS=+inductor to see the cache keys)")
+    published = _publish(cache, members, list(colds), checks, [None] * len(members), lock, report)
+    if published is None:
+        return None
     outcomes = []
-    for m, cold, check in zip(members, colds, checks, strict=True):
-        manifest = _publish(cache, m, cold, check)
+    for m, cold, check, manifest in zip(members, colds, checks, published, strict=True):
         message = (f"warm: every graph was in the cache already, verified {check.seconds:.1f} s"
                    if check is cold else f"warm: cold {cold.seconds:.1f} s -> verified "
                    f"{check.seconds:.1f} s ({verify.speedup(cold, check)}x)")
