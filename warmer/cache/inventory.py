@@ -6,10 +6,12 @@ and without hashing (sizes only), and the totals of the cache dir.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,14 +26,27 @@ HereState = Literal["usable", "other-environment", "incomplete"]
 
 @dataclass(frozen=True)
 class CachedTarget:
-    """One manifest with what `ls` tells about it. `shared_bytes`: the part of its closure that other manifests
-    list too (what removing it would not free); `last_used`: the newest `run` of its target on its GPU model."""
+    """One manifest with what `ls` tells about it. `here`: its state on this host (None when not asked);
+    `shared_bytes`: the part of its closure that other manifests list too (what removing it would not free);
+    `last_used`: the newest `run` of its target on its GPU model."""
 
     manifest: Manifest
-    here: HereState
+    here: HereState | None
     closure_bytes: int
     shared_bytes: int
     last_used: float | None
+
+    @property
+    def unused_since(self) -> float:
+        """Its last use, or for a target no job used yet, when it was warmed."""
+        if self.last_used is not None:
+            return self.last_used
+        with contextlib.suppress(ValueError):
+            return datetime.strptime(self.manifest.warmed_at, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        try:
+            return self.manifest.path.stat().st_mtime
+        except FileNotFoundError:
+            return time.time()
 
     @property
     def gpu(self) -> str:
@@ -84,10 +99,11 @@ def _last_runs(cache: CacheDir) -> dict[tuple[str, str, str, str, str], float]:
     return newest
 
 
-def take_inventory(cache: CacheDir, software: dict[str, str], devices: dict[str, dict[str, str]]) -> CacheInventory:
-    """Every manifest of the cache with its state on this host (`software`: its software fingerprint; `devices`:
-    what its cpu and, if it has one, cuda device look like in a fingerprint), sizes from the files on disk, and last
-    use from the ledger."""
+def take_inventory(cache: CacheDir, software: dict[str, str] | None = None,
+                   devices: dict[str, dict[str, str]] | None = None) -> CacheInventory:
+    """Every manifest of the cache with its state on this host when asked (`software`: its software fingerprint;
+    `devices`: what its cpu and, if it has one, cuda device look like in a fingerprint), sizes from the files on
+    disk, and last use from the ledger."""
     manifests, unreadable = [], []
     for path in manifest_files(cache):
         try:
@@ -101,9 +117,11 @@ def take_inventory(cache: CacheDir, software: dict[str, str], devices: dict[str,
     for m in manifests:
         sizes = {relative: int(checksum.split(":", 1)[0]) for relative, checksum in m.entries.items()}
         complete = all(entries.get(relative) == size for relative, size in sizes.items())
-        device = devices.get(m.target.device.split(":")[0])
-        matches = device is not None and all(m.fingerprint.get(k) == v for k, v in {**software, **device}.items())
-        state: HereState = "incomplete" if not complete else "usable" if matches else "other-environment"
+        state: HereState | None = None
+        if software is not None and devices is not None:
+            device = devices.get(m.target.device.split(":")[0])
+            matches = device is not None and all(m.fingerprint.get(k) == v for k, v in {**software, **device}.items())
+            state = "incomplete" if not complete else "usable" if matches else "other-environment"
         gpu = m.fingerprint.get("gpu_name", "none")
         key = m.target.key
         last = last_runs.get((key.dataset_name, key.plans_identifier, key.configuration, key.trainer,
