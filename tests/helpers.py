@@ -42,6 +42,20 @@ def warm_command(cache: Path, configuration: str, *extra: str) -> list[str]:
     return [str(BIN / "nnunet-warmer"), "warm", *target_args(configuration, cache=cache), *extra]
 
 
+def warm_e2e_cache(paths: NnunetPaths, e2e_cache: tuple[Path, dict[str, dict]], configurations: list[str]
+                   ) -> list[dict]:
+    """Warm the Dataset990 configurations the session's shared end-to-end cache lacks yet (each once per
+    session); the warm report of each configuration asked for."""
+    cache, reports = e2e_cache
+    missing = [c for c in configurations if c not in reports]
+    if missing:
+        result = cli("warm", *target_args(*missing, cache=cache), "--json", env=job_env(paths))
+        assert result.returncode == 0, result.stderr[-3000:]
+        for report in json.loads(result.stdout)["targets"]:
+            reports[report["target"]["configuration"]] = report
+    return [reports[c] for c in configurations]
+
+
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
     """Run `nnunet-warmer` as a user would, in a fresh process."""
     return subprocess.run([str(BIN / "nnunet-warmer"), *args], env={**os.environ, **(env or {})},

@@ -20,7 +20,7 @@ from warmer.run.command import NnunetCommand
 from warmer.run.counters import Counters
 from warmer.run.explain import explain_misses
 
-from .helpers import CPU_TRAINER, cli, job_env, run_under_warmer, target_args, train_command
+from .helpers import CPU_TRAINER, cli, job_env, run_under_warmer, target_args, train_command, warm_e2e_cache
 
 pytestmark = pytest.mark.e2e
 CONFIGURATIONS = ["2d", "3d_fullres"]
@@ -30,16 +30,9 @@ CONFIGURATIONS = ["2d", "3d_fullres"]
 def warmed(planned, e2e_cache, request) -> tuple[Path, list[dict]]:
     """The cache with the configurations this test needs warmed (each warmed once per session, so selecting
     one configuration with -k warms only that one)."""
-    cache, reports = e2e_cache
     params = getattr(getattr(request.node, "callspec", None), "params", {})
     needed = [params["configuration"]] if "configuration" in params else CONFIGURATIONS
-    missing = [c for c in needed if c not in reports]
-    if missing:
-        result = cli("warm", *target_args(*missing, cache=cache), "--json", env=job_env(planned))
-        assert result.returncode == 0, result.stderr[-3000:]
-        for report in json.loads(result.stdout)["targets"]:
-            reports[report["target"]["configuration"]] = report
-    return cache, [reports[c] for c in needed]
+    return e2e_cache[0], warm_e2e_cache(planned, e2e_cache, needed)
 
 
 def _train_under_run(planned, cache: Path, configuration: str, tmp_path: Path, plans: str = "nnUNetPlans",

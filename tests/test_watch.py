@@ -232,7 +232,7 @@ def test_every_systemd_unit_verifies(tmp_path):
         pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
     units = sorted(p for p in UNITS.iterdir() if p.suffix in (".service", ".timer"))
     assert {p.name for p in units} >= {"nnunet-warmer-watch.service", "nnunet-warmer@.service",
-                                       "nnunet-warmer@.timer"}
+                                       "nnunet-warmer@.timer", "nnunet-warmer-gc.service", "nnunet-warmer-gc.timer"}
     # The units name the documented install prefix; systemd-analyze checks that ExecStart exists, so the copies
     # verified here point at this test's install instead.
     for unit in units:

@@ -103,15 +103,21 @@ def quarantine(cache: CacheDir, damaged: list[Damage]) -> tuple[Path, int] | Non
     return (folder, moved) if moved else None
 
 
-def unlisted_entries(cache: CacheDir) -> dict[str, int]:
-    """Cache entries that no readable manifest lists, with their sizes: no verified target loads them (partial
-    compiles, other software's entries, what a crash left); what a future `gc` may remove."""
+def listed_entries(cache: CacheDir) -> set[str]:
+    """Every entry some readable manifest lists, read from the manifests now."""
     listed: set[str] = set()
     for path in manifest_files(cache):
         try:
             listed.update(Manifest.read(path).entries)
         except UnreadableManifestError:
             continue
+    return listed
+
+
+def unlisted_entries(cache: CacheDir) -> dict[str, int]:
+    """Cache entries that no readable manifest lists, with their sizes: no verified target loads them (partial
+    compiles, other software's entries, what a crash left); what `gc` removes once they are old."""
+    listed = listed_entries(cache)
     return {relative: size for relative, size in cache_entries(cache).items() if relative not in listed}
 
 

@@ -16,14 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -31,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     from warmer.cache.inventory import age, take_inventory
     from warmer.cache.layout import CacheDir
+    from warmer.cache.sizes import format_size
     from warmer.errors import UserError
     from warmer.pipeline.fingerprint import device_description, software_fingerprint
 
@@ -53,10 +46,10 @@ def run(args: argparse.Namespace) -> int:
           f"verified")
     for t in rows:
         print(f"{t.manifest.target.label:{width}} {t.gpu[:22]:22} {t.manifest.fingerprint.get('torch', '')[:14]:14} "
-              f"{t.here:17} {_size(t.closure_bytes):>9} {_size(t.shared_bytes):>9}  {age(t.last_used):12} "
+              f"{t.here:17} {format_size(t.closure_bytes):>9} {format_size(t.shared_bytes):>9}  {age(t.last_used):12} "
               f"{t.manifest.verified_at}")
-    print(f"{len(rows)} target(s); cache {_size(inventory.cache_bytes)}, in no closure "
-          f"{_size(inventory.unlisted_bytes)}, quarantine {_size(inventory.quarantine_bytes)}"
+    print(f"{len(rows)} target(s); cache {format_size(inventory.cache_bytes)}, in no closure "
+          f"{format_size(inventory.unlisted_bytes)}, quarantine {format_size(inventory.quarantine_bytes)}"
           + (f"; {len(inventory.unreadable_manifests)} unreadable manifest(s)" if inventory.unreadable_manifests
              else ""))
     return 0

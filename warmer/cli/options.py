@@ -60,7 +60,7 @@ def add_cache_option(parser: argparse.ArgumentParser, loads_code: bool = True) -
 
 
 def add_lock_options(parser: argparse.ArgumentParser) -> None:
-    """How a warm waits for other warmers of its target: `warm` and `watch`."""
+    """How a warm waits for other warmers of its target (`warm`, `watch`), and `gc` for publishes to finish."""
     parser.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
                         help=f"how long to wait for another warmer of the same target (default "
                              f"{DEFAULT_WAIT_TIMEOUT:.0f})")

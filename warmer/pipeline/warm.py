@@ -5,7 +5,9 @@ if that verification misses, it is compiled again. A compile replay that missed 
 the cache already: another target's, or a manifest that was lost) was itself a fresh-process replay with zero
 misses, so it stands as the verify. Each manifest lists the closure its target's verify recorded. All of it
 runs under the target's lock. The ranks of a DDP run are warmed as one group: their replays run at once in one
-process group, each on its device.
+process group, each on its device. Publishes hold the cache's publish lock shared (`gc` deletes under it
+exclusive); a verify that missed, or a publish whose closure files went, makes one more compile and verify
+(a `gc` may have deleted what the compile loaded), then the warm fails with nothing published.
 """
 
 from __future__ import annotations
@@ -274,10 +276,11 @@ def _warm_locked(members: list[_Member], cache: CacheDir, report: Reporter, envi
         if reverified is not None:
             return reverified
         report("re-verify: the cache no longer hits; compiling again")
-    outcomes = _compile_and_verify(members, cache, report, environment, lock)
+    outcomes = _compile_and_verify(members, cache, report, environment, lock, last_try=False)
     if outcomes is None:
-        report("compiling again, so that the manifest lists only files that exist")
-        outcomes = _compile_and_verify(members, cache, report, environment, lock)
+        report("compiling again: files this warm loaded may have been deleted meanwhile (a gc, or another "
+               "warmer's quarantine)")
+        outcomes = _compile_and_verify(members, cache, report, environment, lock, last_try=True)
     if outcomes is None:
         raise WarmError(f"{members[0].target.label}: files its verify loaded were deleted before the publish twice "
                         f"(gc or quarantine running meanwhile); nothing was published: warm again")
@@ -325,8 +328,9 @@ def _publish(cache: CacheDir, members: list[_Member], colds: list[ReplayResult |
 
 
 def _compile_and_verify(members: list[_Member], cache: CacheDir, report: Reporter, environment: JobEnvironment,
-                        lock: LockPolicy) -> list[WarmOutcome] | None:
-    """Compile, verify from a fresh process and publish; None when closure files went before the publish."""
+                        lock: LockPolicy, last_try: bool) -> list[WarmOutcome] | None:
+    """Compile, verify from a fresh process and publish. None, with nothing published, when files went meanwhile:
+    before the publish, or (unless `last_try`) between the compile and the verify, which then misses."""
     colds = run_replays(_targets(members), cache, "compile", report, environment)
     if not all(cold.compiles for cold in colds):
         target = members[0].target
@@ -344,6 +348,9 @@ def _compile_and_verify(members: list[_Member], cache: CacheDir, report: Reporte
         report("compile: every graph came from the cache, so this replay was the fresh-process verify")
     for m, check in zip(members, checks, strict=True):
         found = verify.problems(check.counters, m.ddp)
+        if found and not last_try:
+            report(f"verify: {', '.join(found)}; nothing was published")
+            return None
         if found:
             raise WarmError(f"{m.target.label}: verification from a fresh process saw {', '.join(found)}; "
                             f"nothing was published (rerun with TORCH_LOGS=+inductor to see the cache keys)")
