@@ -23,15 +23,13 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from warmer.cache.checksums import cache_entries
 from warmer.cache.files import TEMP_SUFFIX, abandoned_temps, server_now
 from warmer.cache.integrity import listed_entries
-from warmer.cache.inventory import CachedTarget, take_inventory
+from warmer.cache.inventory import CachedTarget, apparent_bytes, take_inventory
 from warmer.cache.layout import CacheDir
 from warmer.cache.locking import LockPolicy, publish_lock
 from warmer.cache.manifest import Manifest, UnreadableManifestError
@@ -136,29 +134,9 @@ class GcResult:
                 "cache_bytes_after": self.cache_bytes_after, "fits": self.fits}
 
 
-def apparent_bytes(folder: Path) -> int:
-    """Apparent size of a tree, folders included: what `du -sb` prints."""
-    total = 0
-    for entry in _walk_all(folder):
-        try:
-            total += os.lstat(entry).st_size
-        except FileNotFoundError:
-            continue
-    return total
-
-
-def _walk_all(folder: Path) -> Iterator[str]:
-    if not folder.exists():
-        return
-    yield str(folder)
-    for parent, dirs, files in os.walk(folder):
-        for name in (*dirs, *files):
-            yield os.path.join(parent, name)
-
-
-def _mtime(path: Path) -> float | None:
+def _lstat(path: Path) -> os.stat_result | None:
     try:
-        return path.stat().st_mtime
+        return os.lstat(path)
     except FileNotFoundError:
         return None
 
@@ -168,48 +146,41 @@ def _quarantine_time(folder: Path) -> float | None:
     try:
         return time.mktime(time.strptime(folder.name, QUARANTINE_NAME_FORMAT))
     except ValueError:
-        return _mtime(folder)
+        info = _lstat(folder)
+        return info.st_mtime if info else None
 
 
 def _find_litter(cache: CacheDir, unlisted: dict[str, int], now: float, grace: float) -> tuple[Litter, int]:
     """The litter (see `Litter`) and the bytes of unlisted entries still inside the grace period."""
     stray, young = {}, 0
     for relative, size in unlisted.items():
-        mtime = _mtime(cache.root / relative)
-        if mtime is not None and now - mtime > grace:
+        info = _lstat(cache.root / relative)
+        if info is not None and now - info.st_mtime > grace:
             stray[relative] = size
-        elif mtime is not None:
+        elif info is not None:
             young += size
     quarantine = {}
     for folder in sorted(cache.quarantine.iterdir()) if cache.quarantine.is_dir() else []:
         made = _quarantine_time(folder)
         if folder.is_dir() and made is not None and now - made > QUARANTINE_DAYS * DAY:
             quarantine[folder] = apparent_bytes(folder)
-    temps = [path for parent, _, _ in os.walk(cache.manifests) for path in abandoned_temps(Path(parent))]
-    temps += abandoned_temps(cache.ledger)
-    for parent, dirs, files in os.walk(cache.inductor):
-        if Path(parent) == cache.inductor and cache.torch_locks.name in dirs:
-            dirs.remove(cache.torch_locks.name)
-        temps += [Path(parent, name) for name in files if name.endswith(TEMP_SUFFIX)
-                  and (mtime := _mtime(Path(parent, name))) is not None and now - mtime > grace]
-    dead_temps = {path: size for path in temps if (size := _size(path)) is not None}
+    temps = abandoned_temps(cache.ledger)
     empty = {}
     for top in (cache.inductor, cache.manifests):
         for parent, dirs, files in os.walk(top, topdown=False):
             folder = Path(parent)
-            if folder in (top, cache.torch_locks) or dirs or files:
+            if folder == cache.torch_locks or cache.torch_locks in folder.parents:
                 continue
-            mtime = _mtime(folder)
-            if mtime is not None and now - mtime > grace:
-                empty[folder] = _size(folder) or 0
+            if top == cache.manifests:
+                temps += abandoned_temps(folder)
+            else:  # torch's own temp files (".<pid>.<thread>.tmp") carry no host: a day-old one is abandoned
+                temps += [folder / name for name in files if name.endswith(TEMP_SUFFIX)
+                          and (info := _lstat(folder / name)) is not None and now - info.st_mtime > grace]
+            info = _lstat(folder)
+            if folder != top and not dirs and not files and info is not None and now - info.st_mtime > grace:
+                empty[folder] = info.st_size
+    dead_temps = {path: info.st_size for path in temps if (info := _lstat(path)) is not None}
     return Litter(stray, quarantine, dead_temps, empty), young
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return os.lstat(path).st_size
-    except FileNotFoundError:
-        return None
 
 
 def _drop_order(target: CachedTarget) -> tuple[bool, float, str]:
@@ -222,7 +193,7 @@ def plan_gc(cache: CacheDir, policy: GcPolicy, report: Reporter) -> GcPlan:
     report(f"gc: reading {cache.root}")
     now = server_now(cache.root)
     inventory = take_inventory(cache)
-    entries = cache_entries(cache)
+    entries = inventory.entries
     listers = Counter(relative for t in inventory.targets for relative in t.manifest.entries)
     litter, young = _find_litter(cache, {r: s for r, s in entries.items() if r not in listers}, now,
                                  policy.grace_days * DAY)
@@ -232,7 +203,8 @@ def plan_gc(cache: CacheDir, policy: GcPolicy, report: Reporter) -> GcPlan:
 
     def drop(target: CachedTarget, reason: DropReason) -> None:
         drops.append(Drop(target, reason))
-        frees[str(target.manifest.path.relative_to(cache.root))] = _size(target.manifest.path) or 0
+        info = _lstat(target.manifest.path)
+        frees[str(target.manifest.path.relative_to(cache.root))] = info.st_size if info else 0
         for relative in target.manifest.entries:
             listers[relative] -= 1
             if listers[relative] == 0 and relative in entries:
@@ -251,12 +223,12 @@ def plan_gc(cache: CacheDir, policy: GcPolicy, report: Reporter) -> GcPlan:
 
 def _unlink(path: Path) -> int | None:
     """Delete a file; its size, or None when another process deleted it first."""
+    info = _lstat(path)
     try:
-        size = os.lstat(path).st_size
         path.unlink()
     except FileNotFoundError:
         return None
-    return size
+    return info.st_size if info else 0
 
 
 def _drop_manifests(plan: GcPlan, report: Reporter) -> tuple[list[Drop], int]:
@@ -289,8 +261,9 @@ def collect(plan: GcPlan, lock: LockPolicy, report: Reporter) -> GcResult:
         report(f"gc: dropped {len(dropped)} manifest(s); deleting the files no manifest lists")
         for relative in sorted((closures | set(plan.litter.stray_entries)) - listed):
             path = cache.root / relative
-            mtime = _mtime(path)
-            if mtime is None or mtime > plan.started or (relative not in closures and plan.started - mtime <= grace):
+            info = _lstat(path)
+            if info is None or info.st_mtime > plan.started or \
+                    (relative not in closures and plan.started - info.st_mtime <= grace):
                 continue  # written again since the plan (a compile in progress owns it)
             size = _unlink(path)
             if size is not None:

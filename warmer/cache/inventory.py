@@ -63,12 +63,15 @@ class CachedTarget:
 
 @dataclass(frozen=True)
 class CacheInventory:
+    """Every manifest as a `CachedTarget`, and the cache's totals; `entries`: each cache entry and its size."""
+
     root: Path
     targets: list[CachedTarget]
     unreadable_manifests: list[Path]
     cache_bytes: int
     unlisted_bytes: int
     quarantine_bytes: int
+    entries: dict[str, int]
 
     def to_dict(self) -> dict[str, Any]:
         return {"cache_dir": str(self.root), "targets": [t.to_dict() for t in self.targets],
@@ -76,14 +79,15 @@ class CacheInventory:
                 "unlisted_bytes": self.unlisted_bytes, "quarantine_bytes": self.quarantine_bytes}
 
 
-def _folder_bytes(folder: Path) -> int:
-    total = 0
-    for parent, _, files in os.walk(folder):
-        for name in files:
-            try:
+def apparent_bytes(folder: Path) -> int:
+    """Apparent size of a tree, folders included: what `du -sb` prints (0 when it does not exist)."""
+    if not folder.exists():
+        return 0
+    total = os.lstat(folder).st_size
+    for parent, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            with contextlib.suppress(FileNotFoundError):
                 total += os.lstat(os.path.join(parent, name)).st_size
-            except FileNotFoundError:
-                continue
     return total
 
 
@@ -131,7 +135,7 @@ def take_inventory(cache: CacheDir, software: dict[str, str] | None = None,
     listed = set(listed_by)
     return CacheInventory(cache.root, targets, unreadable, sum(entries.values()),
                           sum(size for relative, size in entries.items() if relative not in listed),
-                          _folder_bytes(cache.quarantine))
+                          apparent_bytes(cache.quarantine), entries)
 
 
 def age(seconds_since_epoch: float | None, now: float | None = None) -> str:
