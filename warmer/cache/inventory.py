@@ -20,6 +20,7 @@ from warmer.cache.integrity import manifest_files
 from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import Manifest, UnreadableManifestError
 from warmer.ledger import records
+from warmer.pipeline.fingerprint import HostEnvironment
 
 HereState = Literal["usable", "other-environment", "incomplete"]
 
@@ -103,11 +104,9 @@ def _last_runs(cache: CacheDir) -> dict[tuple[str, str, str, str, str], float]:
     return newest
 
 
-def take_inventory(cache: CacheDir, software: dict[str, str] | None = None,
-                   devices: dict[str, dict[str, str]] | None = None) -> CacheInventory:
-    """Every manifest of the cache with its state on this host when asked (`software`: its software fingerprint;
-    `devices`: what its cpu and, if it has one, cuda device look like in a fingerprint), sizes from the files on
-    disk, and last use from the ledger."""
+def take_inventory(cache: CacheDir, host: HostEnvironment | None = None) -> CacheInventory:
+    """Every manifest of the cache with its state on `host` when given, sizes from the files on disk, and last use
+    from the ledger."""
     manifests, unreadable = [], []
     for path in manifest_files(cache):
         try:
@@ -122,9 +121,8 @@ def take_inventory(cache: CacheDir, software: dict[str, str] | None = None,
         sizes = {relative: int(checksum.split(":", 1)[0]) for relative, checksum in m.entries.items()}
         complete = all(entries.get(relative) == size for relative, size in sizes.items())
         state: HereState | None = None
-        if software is not None and devices is not None:
-            device = devices.get(m.target.device.split(":")[0])
-            matches = device is not None and all(m.fingerprint.get(k) == v for k, v in {**software, **device}.items())
+        if host is not None:
+            matches = host.differences(m.fingerprint, m.target.device) == []
             state = "incomplete" if not complete else "usable" if matches else "other-environment"
         gpu = m.fingerprint.get("gpu_name", "none")
         key = m.target.key

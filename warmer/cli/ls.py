@@ -19,21 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from warmer.cache.inventory import age, take_inventory
     from warmer.cache.layout import CacheDir
     from warmer.cache.sizes import format_size
     from warmer.errors import UserError
-    from warmer.pipeline.fingerprint import device_description, software_fingerprint
+    from warmer.pipeline.fingerprint import HostEnvironment
 
     cache = CacheDir(Path(args.cache_dir))
     if not cache.root.is_dir():
         raise UserError(f"cache dir {cache.root} does not exist: pass the --cache-dir you warmed")
-    devices = {"cpu": device_description("cpu")}
-    if torch.cuda.is_available():
-        devices["cuda"] = device_description("cuda:0")
-    inventory = take_inventory(cache, software_fingerprint(job_environment(args)), devices)
+    inventory = take_inventory(cache, HostEnvironment.here(job_environment(args)))
     if args.sort == "size":
         rows = sorted(inventory.targets, key=lambda t: -t.closure_bytes)
     else:

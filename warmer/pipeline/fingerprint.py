@@ -10,6 +10,7 @@ import hashlib
 import json
 import platform
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -108,3 +109,29 @@ def differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     keys = sorted(set(expected) | set(actual))
     return [f"{k}: {show(expected.get(k))} (cache) != {show(actual.get(k))} (here)"
             for k in keys if expected.get(k) != actual.get(k)]
+
+
+@dataclass(frozen=True)
+class HostEnvironment:
+    """This host as fingerprints see it: the software parts, and each kind of device it has (cpu; cuda when present)."""
+
+    software: dict[str, str]
+    devices: dict[str, dict[str, str]]
+
+    @classmethod
+    def here(cls, environment: JobEnvironment) -> HostEnvironment:
+        import torch
+
+        devices = {"cpu": device_description("cpu")}
+        if torch.cuda.is_available():
+            devices["cuda"] = device_description("cuda:0")
+        return cls(software_fingerprint(environment), devices)
+
+    def differences(self, fingerprint: dict[str, str], device: str) -> list[str] | None:
+        """The parts of a manifest's fingerprint (verified on `device`) that differ from this host: its software,
+        and its device of that kind. None when this host has no device of that kind to compare with."""
+        described = self.devices.get(device.split(":")[0])
+        if described is None:
+            return None
+        here = {**self.software, **described}
+        return differences({k: fingerprint.get(k) for k in here}, here)
