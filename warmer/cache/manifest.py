@@ -76,7 +76,17 @@ class Manifest:
     def read(cls, path: Path) -> Manifest:
         """The manifest at `path`; UnreadableManifestError when it cannot be read or is not a manifest."""
         try:
-            data = json.loads(path.read_text())
+            raw = path.read_bytes()
+        except OSError as e:
+            raise UnreadableManifestError(f"{path}: {e}") from None
+        return cls.from_json(path, raw)
+
+    @classmethod
+    def from_json(cls, path: Path, raw: bytes) -> Manifest:
+        """The manifest whose JSON is `raw`, as if read at `path` (a bundle's member); UnreadableManifestError when
+        it is not a manifest."""
+        try:
+            data = json.loads(raw)
             if not isinstance(data, dict) or not isinstance(data.get("fingerprint"), dict):
                 raise UnreadableManifestError(f"{path} is not a manifest")
             return cls(path=path, target=Target.from_dict(data["target"]), fingerprint=data["fingerprint"],

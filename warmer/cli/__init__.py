@@ -13,12 +13,12 @@ import os
 import sys
 import warnings
 
-from warmer.cli import check, demo, env, gc, ls, run, stats, status, submit, warm, watch
+from warmer.cli import check, demo, env, export, gc, import_, ls, run, stats, status, submit, warm, watch
 from warmer.cli import list as list_command
 from warmer.cli.options import stderr
 from warmer.errors import UserError, WarmError
 
-COMMANDS = (list_command, warm, status, env, run, check, ls, gc, submit, watch, stats, demo)
+COMMANDS = (list_command, warm, status, env, run, check, ls, gc, export, import_, submit, watch, stats, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
