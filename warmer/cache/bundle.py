@@ -167,40 +167,28 @@ class _HashingWriter(io.RawIOBase):
 
 
 class _HashingReader(io.RawIOBase):
-    """Reads `f` up to `end` and hashes what it reads; `drain` reads the rest, so the hash covers every byte."""
+    """Reads `f` (up to `end` when given) and hashes what it reads: a file going into the bundle, or the bundle's
+    body checked against its trailer; `drain` reads the rest, so the hash covers every byte."""
 
-    def __init__(self, f: BinaryIO, end: int) -> None:
-        self.f, self.left, self.sha = f, end, hashlib.sha256()
+    def __init__(self, f: BinaryIO, end: int | None = None, progress: _Progress | None = None) -> None:
+        self.f, self.left, self.progress, self.sha = f, end, progress, hashlib.sha256()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        n = self.f.readinto(view[: min(len(view), self.left)]) or 0
+        n = self.f.readinto(view if self.left is None else view[: min(len(view), self.left)]) or 0
         self.sha.update(view[:n])
-        self.left -= n
+        if self.left is not None:
+            self.left -= n
+        if self.progress is not None:
+            self.progress.add(n)
         return n
 
     def drain(self) -> None:
         while self.read(CHUNK):
             pass
-
-
-class _CheckedFile(io.RawIOBase):
-    """A file read into the tar stream, hashed as it goes, so the bundle holds what its index says."""
-
-    def __init__(self, f: BinaryIO, progress: _Progress) -> None:
-        self.f, self.sha, self.progress = f, hashlib.sha256(), progress
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = self.f.readinto(buffer) or 0
-        self.sha.update(memoryview(buffer)[:n])
-        self.progress.add(n)
-        return n
 
 
 def _temp_path(path: Path) -> Path:
@@ -259,7 +247,7 @@ def _add_file(tar: tarfile.TarFile, path: Path, relative: str, checksum: str, pr
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size != size:
             raise UserError(f"{path} changed since its target was verified (size): warm the target, then export")
-        checked = _CheckedFile(f, progress)
+        checked = _HashingReader(f, progress=progress)
         tar.addfile(_member(relative, size), io.BufferedReader(checked, CHUNK))
     if f"{size}:{checked.sha.hexdigest()}" != checksum:
         raise UserError(f"{path} changed since its target was verified (checksum): warm the target, then export")
