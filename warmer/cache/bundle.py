@@ -36,7 +36,7 @@ from typing import IO, Any, BinaryIO
 import zstandard
 
 from warmer.cache.checksums import digest
-from warmer.cache.files import TEMP_SUFFIX
+from warmer.cache.files import atomic_file, fsync_folder
 from warmer.cache.layout import CacheDir
 from warmer.cache.locking import LockPolicy, publish_lock
 from warmer.cache.manifest import Manifest, UnreadableManifestError
@@ -191,10 +191,6 @@ class _HashingReader(io.RawIOBase):
             pass
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}{TEMP_SUFFIX}")
-
-
 def write_bundle(cache: CacheDir, manifests: list[Manifest], to: Path, report: Reporter) -> ExportResult:
     """Write the manifests and their closures to `to` (a temp file first, renamed when complete)."""
     start = time.monotonic()
@@ -210,25 +206,17 @@ def write_bundle(cache: CacheDir, manifests: list[Manifest], to: Path, report: R
     index = BundleIndex(targets, files, time.strftime("%Y-%m-%dT%H:%M:%S%z"), socket.gethostname())
     progress = _Progress("export", index.bytes, report)
     to.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(to)
-    try:
-        with open(tmp, "wb") as f:
-            hashing = _HashingWriter(f)
-            compressor = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, threads=-1, write_checksum=True)
-            with compressor.stream_writer(hashing, closefd=False) as zstd, \
-                    tarfile.open(fileobj=zstd, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                _add_bytes(tar, INDEX_NAME, json.dumps(index.to_dict(), indent=1, sort_keys=True).encode())
-                for relative in sorted(r for r in files if r not in manifest_bytes):
-                    _add_file(tar, cache.root / relative, relative, files[relative], progress)
-                for relative, raw in manifest_bytes.items():
-                    _add_bytes(tar, relative, raw)
-            f.write(TRAILER_PREFIX + hashing.sha.hexdigest().encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, to)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    with atomic_file(to) as f:
+        hashing = _HashingWriter(f)
+        compressor = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, threads=-1, write_checksum=True)
+        with compressor.stream_writer(hashing, closefd=False) as zstd, \
+                tarfile.open(fileobj=zstd, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            _add_bytes(tar, INDEX_NAME, json.dumps(index.to_dict(), indent=1, sort_keys=True).encode())
+            for relative in sorted(r for r in files if r not in manifest_bytes):
+                _add_file(tar, cache.root / relative, relative, files[relative], progress)
+            for relative, raw in manifest_bytes.items():
+                _add_bytes(tar, relative, raw)
+        f.write(TRAILER_PREFIX + hashing.sha.hexdigest().encode() + b"\n")
     return ExportResult(to, targets, len(files), index.bytes, to.stat().st_size, time.monotonic() - start)
 
 
@@ -385,7 +373,7 @@ def import_bundle(path: Path, cache: CacheDir, index: BundleIndex, lock: LockPol
             folders.add(target.parent)
             written, written_bytes = written + 1, written_bytes + int(index.files[name].split(":", 1)[0])
     for folder in folders:
-        _fsync_folder(folder)
+        fsync_folder(folder)
     with publish_lock(cache.publish_lock, lock, report, exclusive=False):
         for name, raw in manifests.items():
             manifest = Manifest.from_json(cache.root / name, raw)
@@ -404,27 +392,10 @@ def _digest_or_none(path: Path) -> str | None:
 
 
 def _write_entry(target: Path, content: IO[bytes], checksum: str, progress: _Progress) -> None:
-    tmp = _temp_path(target)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as out:
-            if _copy(content, out.write, progress) != checksum:
-                raise UserError(f"the bundle changed while importing ({target.name} differs from its checksum): "
-                                f"import again")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with atomic_file(target) as out:
+        if _copy(content, out.write, progress) != checksum:
+            raise UserError(f"the bundle changed while importing ({target.name} differs from its checksum): "
+                            f"import again")
 
 
 def environment_differences(index: BundleIndex, host: HostEnvironment) -> dict[str, list[str]]:

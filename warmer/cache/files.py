@@ -5,12 +5,14 @@ A writer killed mid-write leaves at most its temp file; `remove_abandoned_temps`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 TEMP_SUFFIX = ".tmp"
 ABANDONED_AFTER_SECONDS = 86400  # a temp file of another host this old belongs to a writer that died
@@ -20,25 +22,37 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}{TEMP_SUFFIX}")
 
 
-def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write to a temp file unique to this host and process, fsync it, rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A temp file unique to this host and process for the block to write; once it did, the file is fsynced and
+    renamed over `path`. When the block fails, the temp file is removed and `path` is untouched."""
     tmp = _temp_path(path)
     try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
+        with open(tmp, "xb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    directory = os.open(path.parent, os.O_RDONLY)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make the renames into `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(directory)
+        os.fsync(fd)
     finally:
-        os.close(directory)
+        os.close(fd)
+
+
+def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write to a temp file unique to this host and process, fsync it, rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as f:
+        f.write((json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    fsync_folder(path.parent)
 
 
 def abandoned_temps(folder: Path) -> list[Path]:
