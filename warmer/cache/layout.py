@@ -8,6 +8,7 @@ Layout under the directory a user passes as `--cache-dir`:
   locks/publish.lock publishes hold it shared, `gc` exclusive while it deletes
   ledger/            one JSON-lines file per host, one record per run and per warmed target
   quarantine/<time>/ damaged entries and the manifests that listed them, moved aside
+  findings/<key>/    why a node type cannot compile a target (a warm that failed for want of a compiler, Triton...)
 where <key> is a `TargetKey`: dataset/plans/configuration/trainer.
 The warmer and every training job must see the same environment, so both take it from `torch_environment`.
 """
@@ -99,6 +100,13 @@ class CacheDir:
     @property
     def publish_lock(self) -> Path:
         return self.locks / "publish.lock"
+
+    @property
+    def findings(self) -> Path:
+        return self.root / "findings"
+
+    def finding_path(self, key: TargetKey, fingerprint_id: str) -> Path:
+        return self.findings / key.relative / f"{fingerprint_id}.json"
 
     def ledger_file(self, host: str) -> Path:
         return self.ledger / f"{host}.jsonl"

@@ -3,6 +3,8 @@
 warm    - a manifest verified under exactly this fingerprint exists, and its entries match their checksums
 damaged - that manifest exists, but entries it lists are missing or altered (`warm` repairs them)
 stale   - manifests exist, but for another fingerprint: the differing parts are named
+cannot-compile - a warm under this fingerprint found that this node type cannot compile (no C compiler, a GPU
+          too old for Triton, Triton missing): the reason and nnU-Net's workaround are named
 cold    - no manifest for this target
 """
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from warmer.cache.findings import finding_for
 from warmer.cache.integrity import manifest_damage
 from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import matching_manifest, read_manifests
@@ -20,7 +23,8 @@ from warmer.pipeline.plans import DatasetPlans
 from warmer.pipeline.profiles import JobEnvironment
 from warmer.pipeline.targets import Target
 
-State = Literal["warm", "damaged", "stale", "cold"]
+State = Literal["warm", "damaged", "stale", "cannot-compile", "cold"]
+CANNOT_COMPILE_EXIT = 3  # `status`'s exit code when a target is cannot-compile: what a job script tests
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class TargetStatus:
 
     def describe(self) -> str:
         line = f"{self.state:7}  {self.target.label}  batch {self.target.batch_per_rank} on {self.target.device}"
-        if self.state in ("stale", "damaged"):
+        if self.state in ("stale", "damaged", "cannot-compile"):
             line += "  (" + "; ".join(self.differences) + ")"
             if any(d.startswith("automatic_dynamic_shapes:") for d in self.differences):
                 line += "  [warmed under the other --shapes profile: warm and train with the same one]"
@@ -64,6 +68,9 @@ def target_status(dp: DatasetPlans, target: Target, cache: CacheDir, environment
                                 (f"{len(broken)} cache entries missing or altered since the verify, e.g. "
                                  f"{broken[0]}: warm again to repair",))
         return TargetStatus(target, fp_id, "warm", match.path, verified_at=match.verified_at)
+    finding = finding_for(cache, target.key, fp_id)
+    if finding is not None:
+        return TargetStatus(target, fp_id, "cannot-compile", finding.path, (finding.cannot_compile.line(),))
     if manifests:
         closest = min(manifests, key=lambda m: len(differences(m.fingerprint, fingerprint)))
         return TargetStatus(target, fp_id, "stale", closest.path, tuple(differences(closest.fingerprint, fingerprint)))

@@ -15,12 +15,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_shapes_option(p)
     p.add_argument("--cpu-trainers", action="store_true",
                    help="also export nnUNet_extTrainer with the shipped CPU-compiling trainers")
+    p.add_argument("--eager", action="store_true",
+                   help="also export nnUNet_compile=f: jobs run without torch.compile (for a GPU type that cannot "
+                        "compile, as `status` says)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    variables = job_exports(trusted_cache(args), args.shapes, args.cpu_trainers, job_environment(args))
+    variables = job_exports(trusted_cache(args), args.shapes, args.cpu_trainers, job_environment(args), args.eager)
     if args.json:
         emit_json(variables)
     else:

@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_cache_option(p)
     add_shapes_option(p)
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE")
+    p.add_argument("--eager-if-cannot-compile", action="store_true",
+                   help="when a warm found that this node type cannot compile the command's target (`status` says "
+                        "cannot-compile), run it eager (nnUNet_compile=f) instead of refusing it")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     p.set_defaults(func=run)
 
@@ -25,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UserError("no command given: nnunet-warmer run -- nnUNetv2_train DATASET CONFIG FOLD")
-    summary = run_and_record(command, trusted_cache(args), job_environment(args), report=stderr)
+    summary = run_and_record(command, trusted_cache(args), job_environment(args), report=stderr,
+                             eager_if_cannot_compile=args.eager_if_cannot_compile)
     if args.json:
         Path(args.json).write_text(json.dumps(summary.to_dict(), indent=1))
     return summary.exit_code

@@ -1,14 +1,17 @@
-"""`nnunet-warmer status`: warm / damaged / stale / cold per target; exit 0 only if all are warm (a job's gate)."""
+"""`nnunet-warmer status`: warm / damaged / stale / cannot-compile / cold per target; exit 0 only if all are warm
+(a job's gate), 3 when a warm found this node type cannot compile one of them, 1 otherwise."""
 
 from __future__ import annotations
 
 import argparse
 
+from warmer.cache.status import CANNOT_COMPILE_EXIT
 from warmer.cli.options import add_target_options, emit_json, job_environment, target_request, trusted_cache
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="warm / stale / cold per target; exit 0 only if all are warm")
+    p = sub.add_parser("status", help="warm / stale / cold per target; exit 0 only if all are warm, 3 when this "
+                                      "node type cannot compile one, 1 otherwise")
     add_target_options(p, cache=True)
     p.set_defaults(func=run)
 
@@ -26,4 +29,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         for status in statuses:
             print(status.describe())
+    if any(s.state == "cannot-compile" for s in statuses):
+        return CANNOT_COMPILE_EXIT
     return 0 if all(s.state == "warm" for s in statuses) else 1

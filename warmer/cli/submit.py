@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs-dir", default="nnunet-warmer-jobs", metavar="DIR",
                    help="where each submission gets a folder for its scripts and logs, on storage the nodes see "
                         "(default ./nnunet-warmer-jobs)")
+    p.add_argument("--eager-if-cannot-compile", action="store_true",
+                   help="a GPU type whose warm finds it cannot compile (no C compiler, a GPU too old for Triton, "
+                        "Triton missing) trains eager (nnUNet_compile=f) instead of having its training cancelled")
     p.add_argument("--dry-run", action="store_true", help="print the job scripts; queue nothing")
     p.add_argument("--json", action="store_true", help="print one object per job as JSON")
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- more nnUNetv2_train arguments (e.g. --npz)")
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     request = JobRequest(args.d, tuple(args.c or ()), args.p, args.tr, args.device, tuple(args.f),
                          Path(args.cache_dir).absolute(), Path(args.jobs_dir), tuple(args.gpu_type or (None,)),
                          args.gpu_type_arg, tuple(args.sbatch_arg), args.shapes, args.allow_untrusted_cache,
-                         tuple(train_args))
+                         tuple(train_args), args.eager_if_cannot_compile)
     request, jobs = submit_chain(request, args.dry_run, report=stderr)
     if args.json:
         emit_json({"jobs_dir": str(request.log_dir), "dry_run": args.dry_run, "jobs": [j.to_dict() for j in jobs]})
@@ -56,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         stderr(f"dry run: {len(jobs)} job(s), nothing queued and nothing written")
         return 0
     print(f"scripts and logs: {request.log_dir}")
+    if request.eager_if_cannot_compile:
+        print("a GPU type whose warm finds it cannot compile trains eager (nnUNet_compile=f); its warm log says so")
     for submitted in jobs:
         job = submitted.job
         after = f", after job {submitted.warm_job_id}" if submitted.warm_job_id else ""

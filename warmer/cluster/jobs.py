@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from warmer.cache.status import CANNOT_COMPILE_EXIT
 from warmer.errors import UserError
 
 DEFAULT_GPU_TYPE_ARG = "--constraint={type}"
@@ -45,6 +46,7 @@ class JobRequest:
     shapes: str = "default"
     allow_untrusted_cache: bool = False
     train_args: tuple[str, ...] = ()
+    eager_if_cannot_compile: bool = False
 
     @property
     def cache_args(self) -> list[str]:
@@ -160,12 +162,24 @@ def warm_script(request: JobRequest, gpu_type: str | None, warmer: list[str]) ->
                f"A non-zero exit makes SLURM cancel the training jobs that depend on this one.")
     targets = ["-d", request.dataset_name, "-c", *request.configurations, "-p", request.plans_identifier,
                "-tr", request.trainer, "--device", request.device, *request.cache_args]
+    if request.eager_if_cannot_compile:  # a node type that cannot compile trains eager: the warm job succeeds
+        warm = (f"{_quote(warmer)} warm \"${{targets[@]}}\"; code=$?\n"
+                f"       if [ $code -eq 2 ]; then\n"
+                f"           {_quote(warmer)} status \"${{targets[@]}}\" > /dev/null\n"
+                f"           if [ $? -eq {CANNOT_COMPILE_EXIT} ]; then\n"
+                f"               echo \"nnunet-warmer: this node type cannot compile (above); its training runs eager "
+                f"(--eager-if-cannot-compile)\"; exit 0\n"
+                f"           fi\n"
+                f"       fi\n"
+                f"       exit $code ;;")
+    else:
+        warm = f"exec {_quote(warmer)} warm \"${{targets[@]}}\" ;;"
     body = (f"set -uo pipefail\n{_exports()}"
             f"targets=({_quote(targets)})\n"
             f"{_quote(warmer)} status \"${{targets[@]}}\"\n"
             f"case $? in\n"
             f"    0) echo \"nnunet-warmer: every target is warm; nothing to compile\"; exit 0 ;;\n"
-            f"    1) exec {_quote(warmer)} warm \"${{targets[@]}}\" ;;\n"
+            f"    1|{CANNOT_COMPILE_EXIT}) {warm}  # {CANNOT_COMPILE_EXIT}: cannot compile, found earlier: try again\n"
             f"    *) exit 2 ;;  # status named the problem above\n"
             f"esac\n")
     name = f"{_stem('warm', gpu_type)}-{request.dataset_name}"
@@ -183,7 +197,8 @@ def train_script(request: JobRequest, gpu_type: str | None, configuration: str, 
                f"fold.\nQueued with --dependency=afterok:<warm job> --kill-on-invalid-dep=yes: it starts only "
                f"after that\njob succeeded, and SLURM cancels it if that job fails.")
     summary = f"{request.log_dir}/{stem}-${{SLURM_ARRAY_JOB_ID}}_${{fold}}.json"
-    run = [*warmer, "run", *request.cache_args]
+    run = [*warmer, "run", *request.cache_args,
+           *(["--eager-if-cannot-compile"] if request.eager_if_cannot_compile else [])]
     command = [train, request.dataset_name, configuration]
     options = ["-tr", request.trainer, "-p", request.plans_identifier, "-device", request.device,
                *request.train_args]

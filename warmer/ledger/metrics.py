@@ -18,6 +18,8 @@ from warmer.pipeline.profiles import JobEnvironment
 LEDGER_GAUGES = (
     ("runs", "runs", "Wrapped training/predict runs recorded in the period"),
     ("warms", "warms", "Warmed targets recorded in the period"),
+    ("warms_cannot_compile", "cannot_compile", "Warms that found the node cannot compile (no C compiler, a GPU too "
+                                               "old for Triton, Triton missing)"),
     ("fx_hits", "fx_hit", "FX-graph cache hits in runs"),
     ("fx_misses", "fx_miss", "FX-graph cache misses in runs"),
     ("aot_hits", "aot_hit", "AOTAutograd cache hits in runs"),

@@ -27,17 +27,21 @@ def parse_since(value: str) -> float:
 
 def summarize(cache: CacheDir, since: float) -> dict[str, Any]:
     totals: dict[str, Any] = {k: 0 for k in COUNTERS}
-    totals.update(runs=0, warms=0, compile_seconds=0.0, warm_compile_seconds=0.0, estimated_seconds_saved=0.0)
+    totals.update(runs=0, warms=0, cannot_compile=0, compile_seconds=0.0, warm_compile_seconds=0.0,
+                  estimated_seconds_saved=0.0)
     groups: dict[str, dict[str, Any]] = {}
     for record in records.records(cache, since):
         labels = {"dataset": str(record.get("dataset", "?")), "configuration": str(record.get("configuration", "?")),
                   "gpu": str(record.get("gpu_name") or "cpu")}
         key = "/".join(labels.values())
-        group = groups.setdefault(key, {**labels, **{k: 0 for k in (*COUNTERS, "runs", "warms")},
+        group = groups.setdefault(key, {**labels, **{k: 0 for k in (*COUNTERS, "runs", "warms", "cannot_compile")},
                                         "compile_seconds": 0.0, "estimated_seconds_saved": 0.0})
         if record.get("kind") == "warm":
             totals["warms"] += 1
             group["warms"] += 1
+            if record.get("state") == "cannot-compile":
+                totals["cannot_compile"] += 1
+                group["cannot_compile"] += 1
             totals["warm_compile_seconds"] += float(record.get("compile_seconds", 0.0))
             continue
         totals["runs"] += 1
@@ -61,6 +65,7 @@ def describe(summary: dict[str, Any]) -> str:
     lines = [
         f"{'Cache directory':34} {summary['cache_dir']}",
         f"{'Runs / warms recorded':34} {t['runs']} / {t['warms']}",
+        f"{'Warms that found no compiler etc.':34} {t['cannot_compile']}",
         f"{'FX-graph hits / misses':34} {t['fx_hit']} / {t['fx_miss']}",
         f"{'FX-graph hit rate':34} {rate}",
         f"{'AOTAutograd hits / misses':34} {t['aot_hit']} / {t['aot_miss']}",

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from warmer.pipeline.capability import CannotCompile, diagnose, gpu_too_old
 from warmer.pipeline.results import ReplayResult, ReplaySpec
 from warmer.pipeline.targets import Target
 
@@ -268,6 +269,14 @@ class _TrainingRun:
         predictor.predict_sliding_window_return_logits(_final_validation_image(trainer))
 
 
+class NodeCannotCompileError(RuntimeError):
+    """Found before compiling: this node cannot (a GPU too old for Triton)."""
+
+    def __init__(self, finding: CannotCompile) -> None:
+        super().__init__(finding.line())
+        self.finding = finding
+
+
 def replay(spec: ReplaySpec, scratch: Path) -> ReplayResult:
     target = spec.target
     inductor = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
@@ -293,6 +302,10 @@ def replay(spec: ReplaySpec, scratch: Path) -> ReplayResult:
     compiles = bool(trainer._do_i_compile())
     if not compiles and not spec.allow_eager:
         return ReplayResult(compiles=False, fingerprint=fingerprint)
+    if compiles and trainer.device.type == "cuda":
+        too_old = gpu_too_old(torch.cuda.get_device_properties(trainer.device))
+        if too_old is not None:
+            raise NodeCannotCompileError(too_old)
     if torch.cuda.is_available():
         torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = True
@@ -333,6 +346,9 @@ def main(argv: list[str]) -> int:
         code = 0
     except Exception as e:  # reported to the parent, which prints it with the log
         result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        found = e.finding if isinstance(e, NodeCannotCompileError) else diagnose(e)
+        if found is not None:
+            result["cannot_compile"] = found.to_dict()
         code = 1
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))

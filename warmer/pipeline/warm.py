@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from warmer.cache.files import remove_abandoned_temps
+from warmer.cache.findings import clear_finding, record_finding
 from warmer.cache.integrity import set_aside
 from warmer.cache.layout import CacheDir
 from warmer.cache.locking import LockPolicy, publish_lock, target_lock
@@ -37,6 +38,7 @@ from warmer.cache.manifest import Manifest, matching_manifest, new_manifest, rea
 from warmer.errors import WarmError
 from warmer.ledger import records
 from warmer.pipeline import verify
+from warmer.pipeline.capability import CannotCompile, CannotCompileError
 from warmer.pipeline.fingerprint import fingerprint_id, target_fingerprint
 from warmer.pipeline.plans import DatasetPlans
 from warmer.pipeline.profiles import JobEnvironment
@@ -45,7 +47,7 @@ from warmer.pipeline.results import ReplayResult, ReplaySpec
 from warmer.pipeline.targets import Target
 from warmer.report import Reporter
 
-WarmState = Literal["warm", "already-warm", "no-compile"]
+WarmState = Literal["warm", "already-warm", "no-compile", "cannot-compile"]
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,12 @@ class WarmOutcome:
 
 @dataclass(frozen=True)
 class GroupResult:
-    """What warming one configuration (one target, or the ranks of one DDP run) came to."""
+    """What warming one configuration (one target, or the ranks of one DDP run) came to; `cannot_compile` when it
+    failed because this node cannot compile at all."""
 
     outcomes: list[WarmOutcome]
     failure: str | None = None
+    cannot_compile: CannotCompile | None = None
 
 
 @dataclass(frozen=True)
@@ -142,15 +146,19 @@ class _ReplayProcess:
         self.log.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def finish(self, step: str) -> ReplayResult | str:
-        """The result, or the error line (with the log's path) when the replay failed."""
+    def finish(self, step: str) -> ReplayResult | WarmError:
+        """The result, or the error (naming the log) when the replay failed: a `CannotCompileError` when it died of
+        something that stops every compile on this node."""
         self.relay.join()
         self.log.close()
         result_path = self.scratch / "result.json"
         data = json.loads(result_path.read_text()) if result_path.exists() else {}
         if self.process.returncode != 0 or "error" in data or not data:
+            log = str(self.scratch / "replay.log")
+            if data.get("cannot_compile"):
+                return CannotCompileError(CannotCompile.from_dict(data["cannot_compile"]), log)
             error = data.get("error", f"replay exited with code {self.process.returncode}")
-            return f"{self.spec.target.label}: {step} failed: {error} (full log: {self.scratch / 'replay.log'})"
+            return WarmError(f"{self.spec.target.label}: {step} failed: {error} (full log: {log})")
         return ReplayResult.from_dict(data)
 
 
@@ -204,7 +212,10 @@ def run_replays(targets: list[Target], cache: CacheDir, step: str, report: Repor
             run.abandon()
         raise
     finished = [run.finish(step) for run in runs]
-    errors = [result for result in finished if isinstance(result, str)]
+    node = next((result for result in finished if isinstance(result, CannotCompileError)), None)
+    if node is not None:
+        raise node
+    errors = [str(result) for result in finished if isinstance(result, WarmError)]
     if errors:
         raise WarmError("; ".join(errors))
     for run in runs:
@@ -234,6 +245,14 @@ def warm_targets(dp: DatasetPlans, targets: list[Target], cache: CacheDir, envir
         try:
             yield GroupResult(warm_group(dp, group, cache, lambda msg, p=prefix: report(f"{p}: {msg}"),
                                          environment, lock))
+        except CannotCompileError as e:  # no other configuration can compile here either
+            report(f"{prefix}: FAILED: {e}")
+            yield GroupResult([], str(e), e.finding)
+            for target in [t for rest in groups[index:] for t in rest]:
+                fingerprint = target_fingerprint(dp, target, environment)
+                record_finding(cache, target, fingerprint, fingerprint_id(fingerprint), e.finding)
+                report(f"{target.label}: not tried, this node cannot compile")
+            return
         except WarmError as e:
             report(f"{prefix}: FAILED: {e}")
             yield GroupResult([], str(e))
@@ -258,7 +277,18 @@ def warm_group(dp: DatasetPlans, group: list[Target], cache: CacheDir, report: R
     with contextlib.ExitStack() as locks:
         for member in members:
             locks.enter_context(target_lock(cache.lock_path(member.target.key, member.fingerprint_id), lock, report))
-        outcomes = _warm_locked(members, cache, report, environment, lock)
+        try:
+            outcomes = _warm_locked(members, cache, report, environment, lock)
+        except CannotCompileError as e:
+            for m in members:
+                record_finding(cache, m.target, m.fingerprint, m.fingerprint_id, e.finding)
+                gpu_name = m.fingerprint.get("gpu_name", "none")
+                records.append_or_warn(cache, {**WarmOutcome(m.target, "cannot-compile", str(e)).ledger_record(),
+                                               "gpu_name": "" if gpu_name == "none" else gpu_name,
+                                               "reason": e.finding.line()}, report)
+            raise
+    for member in members:
+        clear_finding(cache, member.target.key, member.fingerprint_id)
     for outcome in outcomes:
         if outcome.state != "no-compile":
             records.append_or_warn(cache, outcome.ledger_record(), report)

@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import warmer
+from warmer.cache.findings import findings_of
 from warmer.cache.integrity import manifest_files, set_aside
 from warmer.cache.layout import CACHE_DIR_VARIABLE, CacheDir, TargetKey
 from warmer.cache.manifest import read_manifests
 from warmer.demo import CPU_TRAINERS_DIR
 from warmer.errors import UserError
 from warmer.ledger import records
+from warmer.pipeline.capability import EAGER_VALUE, EAGER_VARIABLE
+from warmer.pipeline.fingerprint import HostEnvironment
 from warmer.pipeline.profiles import JobEnvironment, hooks_pythonpath, profile_environment
 from warmer.report import Reporter
 from warmer.run.command import NnunetCommand, parse_nnunet_command
@@ -77,9 +80,13 @@ def probe_environment(records_dir: Path, environment: JobEnvironment) -> dict[st
     }
 
 
-def job_exports(cache: CacheDir, profile: str, cpu_trainers: bool, environment: JobEnvironment) -> dict[str, str]:
-    """`nnunet-warmer env`: the variables a training job needs to run on the cache under `profile`."""
+def job_exports(cache: CacheDir, profile: str, cpu_trainers: bool, environment: JobEnvironment,
+                eager: bool = False) -> dict[str, str]:
+    """`nnunet-warmer env`: the variables a training job needs to run on the cache under `profile` (or, `eager`,
+    without compiling at all)."""
     variables = {**cache.torch_environment(), **profile_environment(profile, environment.get("PYTHONPATH"))}
+    if eager:
+        variables[EAGER_VARIABLE] = EAGER_VALUE
     if cpu_trainers:
         folders = [str(CPU_TRAINERS_DIR)] + [p for p in environment.get("nnUNet_extTrainer").split(os.pathsep) if p]
         variables["nnUNet_extTrainer"] = os.pathsep.join(dict.fromkeys(folders))
@@ -132,13 +139,34 @@ def estimated_seconds_saved(cache: CacheDir, key: TargetKey | None, compile_seco
     return round(max(cold.counters.compile_seconds - compile_seconds, 0.0), 3) if cold else 0.0
 
 
+def _eager_if_cannot_compile(cache: CacheDir, target: NnunetCommand | None, environment: JobEnvironment,
+                             eager: bool, report: Reporter) -> dict[str, str]:
+    """Refuse, before it starts, a job whose target a warm found this node type cannot compile; with `eager`,
+    run it without torch.compile instead, and say so."""
+    findings = findings_of(cache, target.key) if target else []
+    if not findings:
+        return {}
+    host = HostEnvironment.here(environment)
+    here = next((f for f in findings if host.differences(f.fingerprint, f.target.device) == []), None)
+    if here is None:
+        return {}
+    if not eager:
+        raise UserError(f"{here.cannot_compile.line()} (found by the warm on {here.host}, {here.found_at}); the job "
+                        f"was not started: pass --eager-if-cannot-compile to run it eager")
+    report(f"nnunet-warmer: {here.cannot_compile.cause} on this node type: running this job eager "
+           f"({EAGER_VARIABLE}={EAGER_VALUE}), as --eager-if-cannot-compile asks")
+    return {EAGER_VARIABLE: EAGER_VALUE}
+
+
 def run_and_record(command: list[str], cache: CacheDir, environment: JobEnvironment, report: Reporter,
-                   output: IO[str] | None = None) -> RunSummary:
-    """`nnunet-warmer run`: set damage aside, run, explain misses, append to the ledger, report the summary."""
+                   output: IO[str] | None = None, eager_if_cannot_compile: bool = False) -> RunSummary:
+    """`nnunet-warmer run`: refuse (or run eager) a job this node cannot compile, set damage aside, run, explain
+    misses, append to the ledger, report the summary."""
     target: NnunetCommand | None = parse_nnunet_command(command)
+    eager = _eager_if_cannot_compile(cache, target, environment, eager_if_cannot_compile, report)
     checked = [target.key] if target and manifest_files(cache, [target.key]) else None
     with tempfile.TemporaryDirectory(prefix="nnunet-warmer-private-cache-") as private:
-        extra_env = _private_cache_if_damaged(cache, report, Path(private), checked)
+        extra_env = {**_private_cache_if_damaged(cache, report, Path(private), checked), **eager}
         summary = run_command(command, cache, environment, extra_env, output=output)
     summary = dataclasses.replace(
         summary,

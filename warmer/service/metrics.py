@@ -9,7 +9,7 @@ from pathlib import Path
 
 from warmer.errors import UserError
 
-STATES = ("warm", "cold", "stale", "damaged", "no-compile")
+STATES = ("warm", "cold", "stale", "damaged", "no-compile", "cannot-compile")
 
 
 class ServiceMetrics:
