@@ -245,14 +245,9 @@ def warm_targets(dp: DatasetPlans, targets: list[Target], cache: CacheDir, envir
         try:
             yield GroupResult(warm_group(dp, group, cache, lambda msg, p=prefix: report(f"{p}: {msg}"),
                                          environment, lock))
-        except CannotCompileError as e:  # no other configuration can compile here either
+        except CannotCompileError as e:  # each configuration still gets its own verdict: a warm one loads, not compiles
             report(f"{prefix}: FAILED: {e}")
             yield GroupResult([], str(e), e.finding)
-            for target in [t for rest in groups[index:] for t in rest]:
-                fingerprint = target_fingerprint(dp, target, environment)
-                record_finding(cache, target, fingerprint, fingerprint_id(fingerprint), e.finding)
-                report(f"{target.label}: not tried, this node cannot compile")
-            return
         except WarmError as e:
             report(f"{prefix}: FAILED: {e}")
             yield GroupResult([], str(e))
