@@ -6,9 +6,9 @@ A bundle is a tar stream compressed with zstd, then a trailer line with the SHA-
     [zstd( tar: bundle.json, inductor/..., manifests/... )] "\\nnnunet-warmer-bundle-sha256:<64 hex>\\n"
 
 `bundle.json` (the first member) lists each target's manifest and fingerprint, and every other member's size and
-SHA-256; manifests come last. zstd, measured on a 2d closure (9.9 MB of FX entries, kernels and generated code):
-11.7x at level 3 in 0.02 s and 17.7x at level 10 in 0.06 s, against gzip's 4.8x in 0.27 s at its default; bundles
-use level 10.
+SHA-256; manifests come last. zstd, measured on a 2d closure (9.7 MB of FX entries, kernels and generated code;
+bench/bundle.py): 11.4x at level 3 in 0.02 s and 17.4x at level 10 in 0.06 s, against gzip's 4.7x in 0.15 s at its
+default; bundles use level 10.
 
 A bundle is code, so an import trusts nothing in it until all of it checked out: a first pass reads the whole
 file, checks the trailer's hash, every member's type, path and checksum, and every manifest (it parses, it sits
