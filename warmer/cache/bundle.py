@@ -153,7 +153,7 @@ class _HashingWriter(io.RawIOBase):
     """Passes writes on to `f` and hashes them: the trailer's hash of the compressed stream."""
 
     def __init__(self, f: BinaryIO) -> None:
-        self.f, self.sha, self.count = f, hashlib.sha256(), 0
+        self.f, self.sha = f, hashlib.sha256()
 
     def writable(self) -> bool:
         return True
@@ -162,7 +162,6 @@ class _HashingWriter(io.RawIOBase):
         view = memoryview(data).cast("B")
         self.sha.update(view)
         self.f.write(view)
-        self.count += len(view)
         return len(view)
 
 
