@@ -108,3 +108,22 @@ def test_unsupported_nnunet_versions_are_refused(version: str) -> None:
 @pytest.mark.parametrize("version", ["2.6.0", "2.6.4", "2.7.0", "2.8.1"])
 def test_supported_nnunet_versions_pass(version: str) -> None:
     assert check_nnunet_version(version) == version
+
+
+@pytest.mark.parametrize("command", ["list", "warm", "status"])
+def test_a_trainer_folder_with_a_broken_module_is_one_line_naming_the_file(nnunet_env, tmp_path, command) -> None:
+    """nnU-Net imports every module of a trainer folder to find one class: a user's typo in another file must
+    be named in one line, not a 30-line traceback, whichever trainer was asked for."""
+    folder = tmp_path / "trainers"
+    folder.mkdir()
+    (folder / "aa_typo.py").write_text("from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainr\n")
+    (folder / "zz_good.py").write_text(f"from warmer.demo.trainers.nnUNetTrainerCPUCompile import {CPU_TRAINER}\n\n\n"
+                                       f"class nnUNetTrainerGood({CPU_TRAINER}):\n    pass\n")
+    cache = tmp_path / "cache"
+    env = {**nnunet_env.environment(), "nnUNet_extTrainer": str(folder)}
+    result = cli(command, "-d", "990", "-c", "2d", "-tr", "nnUNetTrainerGood", "--device", "cpu",
+                 *(["--cache-dir", str(cache)] if command != "list" else []), env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(folder / "aa_typo.py") in lines[0] and "nnUNetTrainr" in lines[0], lines[0]
+    assert not cache.exists()

@@ -88,3 +88,11 @@ def test_static_profile_reaches_the_training_process(tmp_path: Path) -> None:
         summaries[profile] = json.loads(summary_file.read_text())
     assert summaries["default"]["symbols"] > 0 and summaries["default"]["fx_miss"] == 2  # static, then symbolic
     assert summaries["static"]["symbols"] == 0 and summaries["static"]["fx_miss"] == 3  # one graph per shape
+
+
+def test_run_reports_a_command_killed_by_a_signal_as_128_plus_n(tmp_path: Path) -> None:
+    """What shells and schedulers record (137 is the OOM killer's SIGKILL), not Python's negative code."""
+    cache = tmp_path / "cache"
+    for command, code in (("kill -9 $$", 137), ("kill -15 $$", 143), ("exit 3", 3), ("exit 0", 0)):
+        result = cli("run", "--cache-dir", str(cache), "--", "sh", "-c", command)
+        assert result.returncode == code, (command, result.returncode, result.stderr)

@@ -35,7 +35,7 @@ def add_target_options(parser: argparse.ArgumentParser, cache: bool) -> None:
     add_dataset_options(parser)
     parser.add_argument("--device", default="auto", help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--num-gpus", type=int, default=1, metavar="N",
-                        help="DDP over N GPUs, as nnUNetv2_train --num-gpus: one target per rank on cuda:rank, "
+                        help="DDP over N GPUs, as nnUNetv2_train -num_gpus N: one target per rank on cuda:rank, "
                              "warmed together in one process group (with --device cpu: a gloo group on CPU, "
                              "for trainers that allow CPU DDP)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")

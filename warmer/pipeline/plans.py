@@ -145,10 +145,36 @@ def find_trainer_class(trainer: str) -> type:
             found = _in_ext_trainer_folders(trainer) or _nnunet_trainer_lookup()(trainer)
     except (RuntimeError, AssertionError):
         found = None
+    except Exception as e:  # a module of a trainer folder that does not import: the search imports every one
+        broken = _broken_trainer_file(e)
+        if broken is None:
+            raise
+        raise UserError(f"{broken} does not import ({type(e).__name__}: {_one_line(e)}): fix that file or move it "
+                        f"out of the trainer folders (nnUNet_extTrainer); nnU-Net imports every file there to find "
+                        f"-tr {trainer}") from None
     if found is None:
         raise UserError(f"unknown trainer '{trainer}': check -tr, or put its folder in nnUNet_extTrainer "
                         f"(nnunetv2 2.6: in nnunetv2/training/nnUNetTrainer)")
     return found
+
+
+def _broken_trainer_file(error: Exception) -> str | None:
+    """The file outside nnU-Net and the warmer whose import raised `error` during the trainer search (the user's
+    trainer module), or None when the error came from elsewhere."""
+    import traceback
+
+    import nnunetv2
+
+    ours = (str(Path(nnunetv2.__path__[0]).parent), str(Path(__file__).parent.parent))
+    files = [frame.filename for frame in traceback.extract_tb(error.__traceback__)]
+    if isinstance(error, SyntaxError) and error.filename:
+        files.append(error.filename)
+    user_files = [f for f in files if f.endswith(".py") and not f.startswith(ours) and not f.startswith("<")]
+    return user_files[-1] if user_files else None
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:300]
 
 
 def _in_ext_trainer_folders(trainer: str) -> type | None:

@@ -18,7 +18,7 @@ While it replays, the process records its closure: every file under the cache th
 module, loads with ctypes, compiles as Python, or checks for existence (`os.stat`: torch checks some kernels, such as
 the CPU ISA probe's, only by their presence, and rebuilds them when they are gone). On a hit that is exactly what a
 training job needs from the cache; the manifest lists it.
-A DDP rank (world size > 1) joins its process group first, as `nnUNetv2_train --num-gpus N` does (NCCL on
+A DDP rank (world size > 1) joins its process group first, as `nnUNetv2_train -num_gpus N` does (NCCL on
 cuda:rank; gloo on CPU, for trainers that allow CPU DDP), and replays 1-3 in step with the other ranks; its
 dice loss all-gathers across ranks. Step 4 is left to the single-GPU target: prediction never runs DDP.
 Progress lines go to stderr with PROGRESS_PREFIX; everything nnU-Net prints goes wherever stdout goes.

@@ -107,6 +107,8 @@ def run_command(command: list[str], cache: CacheDir, environment: JobEnvironment
             code = subprocess.call(command, env=env, stdout=output, stderr=output)
         except FileNotFoundError:
             raise UserError(f"command not found: {command[0]}: check the spelling and PATH") from None
+        if code < 0:  # killed by signal N: 128+N, as shells and schedulers report it (137: SIGKILL, the OOM killer)
+            code = 128 - code
         wall = time.perf_counter() - start
         per_process = []
         for path in sorted(Path(records_dir).glob("*.json")):
