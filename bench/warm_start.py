@@ -36,7 +36,7 @@ TRAINER = "nnUNetTrainerCPUCompile"
 
 
 def measure(workdir: Path, configurations: list[str]) -> list[dict]:
-    use_demo_dataset(NnunetPaths(workdir), configurations, lambda m: print(m, file=sys.stderr))
+    use_demo_dataset(NnunetPaths(workdir), configurations, lambda m: print(m, file=sys.stderr), workdir / "logs")
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     dp = load_plans(str(DEFAULT_DATASET_ID))
     rows = []

@@ -6,6 +6,7 @@ gets warmed is what nnU-Net would train, only small enough for a CPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -97,22 +98,27 @@ def _write_image(sitk: Any, array: Any, spacing: tuple[float, float, float], pat
 
 
 def plan_and_preprocess(paths: NnunetPaths, dataset_id: int, configurations: list[str],
-                        extra_args: list[str] | None = None) -> None:
-    """Run the real `nnUNetv2_plan_and_preprocess` (its output goes to our stderr)."""
+                        extra_args: list[str] | None = None, log: Path | None = None) -> None:
+    """Run the real `nnUNetv2_plan_and_preprocess`; its output goes to `log`, or to our stderr."""
     command = [entry_point("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", *configurations,
                "-np", "1", *(extra_args or [])]
-    subprocess.run(command, env={**os.environ, **paths.environment()}, check=True,
-                   stdout=sys.stderr, stderr=sys.stderr)
+    with open(log, "w") if log is not None else contextlib.nullcontext(sys.stderr) as output:
+        subprocess.run(command, env={**os.environ, **paths.environment()}, check=True, stdout=output, stderr=output)
 
 
-def use_demo_dataset(paths: NnunetPaths, configurations: list[str], say: Callable[[str], None]) -> None:
-    """Point this process's nnU-Net variables (and the CPU trainers) at `paths`; plan the demo dataset once."""
+def use_demo_dataset(paths: NnunetPaths, configurations: list[str], say: Callable[[str], None],
+                     log_dir: Path) -> None:
+    """Point this process's nnU-Net variables (and the CPU trainers) at `paths`; plan the demo dataset once, the
+    planner's output going to a log in `log_dir`."""
     os.environ.update(paths.environment())
     os.environ["nnUNet_extTrainer"] = str(CPU_TRAINERS_DIR)
     if not any(paths.preprocessed.glob(f"Dataset{DEFAULT_DATASET_ID:03d}_*/nnUNetPlans.json")):
-        say(f"writing a synthetic dataset to {paths.raw} and planning it with nnUNetv2_plan_and_preprocess")
+        log = log_dir / "nnUNetv2_plan_and_preprocess.log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        say(f"writing a synthetic dataset to {paths.raw} and planning it with nnUNetv2_plan_and_preprocess "
+            f"(log: {log})")
         write_raw_dataset(paths)
-        plan_and_preprocess(paths, DEFAULT_DATASET_ID, configurations)
+        plan_and_preprocess(paths, DEFAULT_DATASET_ID, configurations, log=log)
 
 
 def entry_point(name: str) -> str:
