@@ -195,8 +195,7 @@ def plan_gc(cache: CacheDir, policy: GcPolicy, report: Reporter) -> GcPlan:
     inventory = take_inventory(cache)
     entries = inventory.entries
     listers = Counter(relative for t in inventory.targets for relative in t.manifest.entries)
-    litter, young = _find_litter(cache, {r: s for r, s in entries.items() if r not in listers}, now,
-                                 policy.grace_days * DAY)
+    litter, young = _find_litter(cache, inventory.unlisted, now, policy.grace_days * DAY)
     cache_bytes = apparent_bytes(cache.root)
     drops: list[Drop] = []
     frees: dict[str, int] = {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from warmer.cache.checksums import cache_entries, digest
+from warmer.cache.checksums import digest
 from warmer.cache.layout import CacheDir, TargetKey
 from warmer.cache.manifest import Manifest, UnreadableManifestError
 from warmer.report import Reporter
@@ -112,13 +112,6 @@ def listed_entries(cache: CacheDir) -> set[str]:
         except UnreadableManifestError:
             continue
     return listed
-
-
-def unlisted_entries(cache: CacheDir) -> dict[str, int]:
-    """Cache entries that no readable manifest lists, with their sizes: no verified target loads them (partial
-    compiles, other software's entries, what a crash left); what `gc` removes once they are old."""
-    listed = listed_entries(cache)
-    return {relative: size for relative, size in cache_entries(cache).items() if relative not in listed}
 
 
 def set_aside(cache: CacheDir, report: Reporter, keys: list[TargetKey] | None = None) -> None:

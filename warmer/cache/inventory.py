@@ -64,15 +64,21 @@ class CachedTarget:
 
 @dataclass(frozen=True)
 class CacheInventory:
-    """Every manifest as a `CachedTarget`, and the cache's totals; `entries`: each cache entry and its size."""
+    """Every manifest as a `CachedTarget`, and the cache's totals; `entries`: each cache entry and its size;
+    `unlisted`: the entries no readable manifest lists (no verified target loads them: partial compiles, other
+    software's entries, what a crash left), what `check` reports and `gc` removes once they are old."""
 
     root: Path
     targets: list[CachedTarget]
     unreadable_manifests: list[Path]
     cache_bytes: int
-    unlisted_bytes: int
     quarantine_bytes: int
     entries: dict[str, int]
+    unlisted: dict[str, int]
+
+    @property
+    def unlisted_bytes(self) -> int:
+        return sum(self.unlisted.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {"cache_dir": str(self.root), "targets": [t.to_dict() for t in self.targets],
@@ -130,10 +136,8 @@ def take_inventory(cache: CacheDir, host: HostEnvironment | None = None) -> Cach
                               "cpu" if gpu == "none" else gpu))
         targets.append(CachedTarget(m, state, sum(sizes.values()),
                                     sum(size for relative, size in sizes.items() if listed_by[relative] > 1), last))
-    listed = set(listed_by)
-    return CacheInventory(cache.root, targets, unreadable, sum(entries.values()),
-                          sum(size for relative, size in entries.items() if relative not in listed),
-                          apparent_bytes(cache.quarantine), entries)
+    return CacheInventory(cache.root, targets, unreadable, sum(entries.values()), apparent_bytes(cache.quarantine),
+                          entries, {relative: size for relative, size in entries.items() if relative not in listed_by})
 
 
 def age(seconds_since_epoch: float | None, now: float | None = None) -> str:

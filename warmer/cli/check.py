@@ -19,14 +19,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from warmer.cache.integrity import damaged_entries, unlisted_entries
+    from warmer.cache.integrity import damaged_entries
+    from warmer.cache.inventory import take_inventory
 
     cache = CacheDir(Path(args.cache_dir))
     if not cache.root.is_dir():
         raise UserError(f"cache dir {cache.root} does not exist: pass the --cache-dir you warmed")
     damaged = damaged_entries(cache)
-    unlisted = unlisted_entries(cache)
-    unlisted_bytes = sum(unlisted.values())
+    inventory = take_inventory(cache)
+    unlisted, unlisted_bytes = inventory.unlisted, inventory.unlisted_bytes
     if args.json:
         emit_json({"cache_dir": str(cache.root), "damaged": [d.to_dict() for d in damaged],
                    "unlisted": {"files": len(unlisted), "bytes": unlisted_bytes, "entries": unlisted}})
