@@ -12,7 +12,7 @@ from typing import Any
 from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import read_manifest_folder
 from warmer.errors import UserError
-from warmer.pipeline.fingerprint import software_fingerprint
+from warmer.pipeline.fingerprint import HostEnvironment, software_fingerprint
 from warmer.pipeline.profiles import JobEnvironment
 
 LEDGER_GAUGES = (
@@ -31,15 +31,14 @@ LEDGER_GAUGES = (
 
 def target_states(cache: CacheDir, environment: JobEnvironment) -> dict[str, int]:
     """Targets whose newest manifest was verified with this host's software ("warm") or other software."""
-    here = software_fingerprint(environment)
+    host = HostEnvironment(software_fingerprint(environment), {})
     states = {"warm": 0, "stale": 0}
     folders = {p.parent for p in cache.manifests.rglob("*.json")} if cache.manifests.is_dir() else set()
     for folder in folders:
         manifests = read_manifest_folder(folder)
         if not manifests:
             continue
-        fingerprint = manifests[0].fingerprint
-        states["warm" if all(fingerprint.get(k) == v for k, v in here.items()) else "stale"] += 1
+        states["stale" if host.software_differences(manifests[0].fingerprint) else "warm"] += 1
     return states
 
 

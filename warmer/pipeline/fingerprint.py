@@ -135,3 +135,7 @@ class HostEnvironment:
             return None
         here = {**self.software, **described}
         return differences({k: fingerprint.get(k) for k in here}, here)
+
+    def software_differences(self, fingerprint: dict[str, str]) -> list[str]:
+        """The software parts of a fingerprint that differ from this host, whatever device it was verified on."""
+        return differences({k: fingerprint.get(k) for k in self.software}, self.software)
