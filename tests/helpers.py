@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ BIN = Path(sys.executable).parent
 TEST_TRAINERS_DIR = Path(__file__).parent / "trainers"
 CONCURRENT_WARMERS = 4
 CONCURRENT_CONFIGURATION = "2d"
+COMPILERS = ("gcc", "g++", "cc", "c++", "clang", "cpp", "x86_64-linux-gnu-", "aarch64-linux-gnu-", "icx", "icpx")
 
 
 def job_env(paths: NnunetPaths, **extra: str) -> dict[str, str]:
@@ -28,6 +30,19 @@ def job_env(paths: NnunetPaths, **extra: str) -> dict[str, str]:
     trainers (the warmer's and the tests' own)."""
     return {**paths.environment(),
             "nnUNet_extTrainer": os.pathsep.join([str(CPU_TRAINERS_DIR), str(TEST_TRAINERS_DIR)]), **extra}
+
+
+def without_compilers(folder: Path) -> dict[str, str]:
+    """The environment of a node where no C or C++ compiler is installed: a PATH with every program of this one
+    but those (symlinks in `folder`), and CXX/CC pointing nowhere."""
+    folder.mkdir()
+    for directory in os.environ["PATH"].split(os.pathsep):
+        for program in Path(directory).glob("*") if Path(directory).is_dir() else []:
+            name = program.name
+            if not (folder / name).exists() and not name.startswith(COMPILERS) and not name.endswith(("-gcc", "-g++")):
+                (folder / name).symlink_to(program)
+    assert not any(shutil.which(c, path=str(folder)) for c in ("gcc", "g++", "cc", "c++", "clang"))
+    return {"PATH": str(folder), "CXX": "/nonexistent/g++", "CC": "/nonexistent/gcc"}
 
 
 def target_args(*configurations: str, dataset: str = "990", plans: str | None = None, trainer: str = CPU_TRAINER,

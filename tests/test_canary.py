@@ -4,18 +4,13 @@ before the job starts, and trained eager only when asked."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from warmer.pipeline.capability import diagnose, gpu_too_old
 
-from .helpers import cli, job_env, target_args, train_command
-
-COMPILERS = ("gcc", "g++", "cc", "c++", "clang", "cpp", "x86_64-linux-gnu-", "aarch64-linux-gnu-", "icx", "icpx")
+from .helpers import cli, job_env, target_args, train_command, without_compilers
 
 
 @pytest.mark.parametrize(("major", "minor", "too_old"), [(6, 0, True), (6, 1, True), (7, 0, False), (8, 6, False),
@@ -58,24 +53,10 @@ def test_the_errors_of_a_node_that_cannot_compile_are_recognised_through_torchs_
     assert diagnose(RuntimeError("CUDA out of memory")) is None
 
 
-def path_without_compilers(folder: Path) -> str:
-    """A PATH with every program of this one except C and C++ compilers: a node where none is installed."""
-    folder.mkdir()
-    for directory in os.environ["PATH"].split(os.pathsep):
-        for program in Path(directory).glob("*") if Path(directory).is_dir() else []:
-            name = program.name
-            if not (folder / name).exists() and not name.startswith(COMPILERS) and not name.endswith(("-gcc", "-g++")):
-                (folder / name).symlink_to(program)
-    return str(folder)
-
-
 @pytest.mark.e2e
 def test_a_node_without_a_compiler_is_named_refused_and_trained_eager_on_request(planned, tmp_path) -> None:
-    no_compiler = {"PATH": path_without_compilers(tmp_path / "bin"), "CXX": "/nonexistent/g++",
-                   "CC": "/nonexistent/gcc"}
-    assert not any(shutil.which(c, path=no_compiler["PATH"]) for c in ("gcc", "g++", "cc", "c++", "clang"))
     cache = tmp_path / "cache"
-    env = job_env(planned, **no_compiler)
+    env = job_env(planned, **without_compilers(tmp_path / "bin"))
     warm = cli("warm", *target_args("2d", cache=cache), env=env)
     last = warm.stderr.strip().splitlines()[-1]
     assert warm.returncode == 2, warm.stderr[-3000:]
