@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import BIN, CPU_TRAINER, cli, job_env
+from .helpers import BIN, CPU_TRAINER, cli, job_env, without_compilers
 
 pytestmark = pytest.mark.slurm
 FOLDS = ["0", "1"]
@@ -134,6 +134,35 @@ def test_failed_warm_cancels_the_trainings(slurm, planned, tmp_path):
     for task in jobs(train["id"]):
         assert (task["JobState"], task["Reason"]) == ("CANCELLED", "DependencyNeverSatisfied"), task
     assert not any(Path(log).exists() for log in train["logs"])
+
+
+def test_a_node_type_that_cannot_compile_fails_its_warm_or_trains_eager_on_request(slurm, planned, tmp_path):
+    env = job_env(planned, **without_compilers(tmp_path / "bin"), nnUNet_results=str(tmp_path / "results"))
+    refused = submitted(submit(planned, tmp_path / "jobs", tmp_path / "cache", "--json", env=env))
+    eager = submitted(submit(planned, tmp_path / "jobs-eager", tmp_path / "cache-eager", "--json",
+                             "--eager-if-cannot-compile", env=env))
+    wait_until_done([j["id"] for j in refused["jobs"] + eager["jobs"]], timeout=900)
+
+    warm, train = refused["jobs"]
+    (record,) = jobs(warm["id"])
+    last = Path(warm["logs"][0]).read_text().strip().splitlines()[-1]
+    assert record["JobState"] == "FAILED" and "cannot compile: no working C/C++ compiler" in last, (record, last)
+    for task in jobs(train["id"]):
+        assert (task["JobState"], task["Reason"]) == ("CANCELLED", "DependencyNeverSatisfied"), task
+
+    warm, train = eager["jobs"]
+    (record,) = jobs(warm["id"])
+    log = Path(warm["logs"][0]).read_text()
+    assert record["JobState"] == "COMPLETED", log[-3000:]
+    assert "cannot compile: no working C/C++ compiler" in log
+    assert log.strip().splitlines()[-1].endswith("its training runs eager (--eager-if-cannot-compile)"), log[-3000:]
+    for task, log_file in zip(sorted(jobs(train["id"]), key=lambda t: t["ArrayTaskId"]), train["logs"], strict=True):
+        assert task["JobState"] == "COMPLETED", Path(log_file).read_text()[-3000:]
+        assert epoch(task["StartTime"]) >= epoch(record["EndTime"])
+        assert "running this job eager (nnUNet_compile=f)" in Path(log_file).read_text()
+        summary = json.loads(Path(log_file).with_suffix(".json").read_text())
+        assert summary["exit_code"] == 0 and summary["fx_hit"] == summary["fx_miss"] == 0, summary
+        assert summary["compile_seconds"] == 0, summary
 
 
 def test_each_gpu_type_gets_its_own_warm_job_and_trainings(slurm, planned, tmp_path):
