@@ -4,11 +4,8 @@ manifest's closure lists."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from warmer.cache.layout import CacheDir
-from warmer.cli.options import add_cache_option, emit_json
-from warmer.errors import UserError
+from warmer.cli.options import add_cache_option, emit_json, existing_cache
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,9 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from warmer.cache.integrity import damaged_entries
     from warmer.cache.inventory import take_inventory
 
-    cache = CacheDir(Path(args.cache_dir))
-    if not cache.root.is_dir():
-        raise UserError(f"cache dir {cache.root} does not exist: pass the --cache-dir you warmed")
+    cache = existing_cache(args)
     damaged = damaged_entries(cache)
     inventory = take_inventory(cache)
     unlisted, unlisted_bytes = inventory.unlisted, inventory.unlisted_bytes

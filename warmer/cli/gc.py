@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from warmer.cache.gc import DEFAULT_GRACE_DAYS, QUARANTINE_DAYS, GcPlan, GcResult
-from warmer.cli.options import add_cache_option, add_lock_options, emit_json, lock_policy, stderr
+from warmer.cli.options import add_cache_option, add_lock_options, emit_json, existing_cache, lock_policy, stderr
 
 
 def _size_argument(text: str) -> int:
@@ -51,15 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from warmer.cache.gc import GcPolicy, collect, plan_gc
-    from warmer.cache.layout import CacheDir
-    from warmer.errors import UserError
 
-    cache = CacheDir(Path(args.cache_dir))
-    if not cache.root.is_dir():
-        raise UserError(f"cache dir {cache.root} does not exist: pass the --cache-dir you warmed")
+    cache = existing_cache(args)
     if not args.dry_run:
         cache.require_writable()
     plan = plan_gc(cache, GcPolicy(args.max_size, args.unused_for, args.grace_days), stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from warmer.cli.options import add_cache_option, emit_json, job_environment
+from warmer.cli.options import add_cache_option, emit_json, existing_cache, job_environment
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,17 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from warmer.cache.inventory import age, take_inventory
-    from warmer.cache.layout import CacheDir
     from warmer.cache.sizes import format_size
-    from warmer.errors import UserError
     from warmer.pipeline.fingerprint import HostEnvironment
 
-    cache = CacheDir(Path(args.cache_dir))
-    if not cache.root.is_dir():
-        raise UserError(f"cache dir {cache.root} does not exist: pass the --cache-dir you warmed")
+    cache = existing_cache(args)
     inventory = take_inventory(cache, HostEnvironment.here(job_environment(args)))
     if args.sort == "size":
         rows = sorted(inventory.targets, key=lambda t: -t.closure_bytes)

@@ -11,6 +11,7 @@ from typing import Any
 from warmer.cache.layout import CacheDir, default_cache_dir
 from warmer.cache.locking import DEFAULT_LEASE_SECONDS, DEFAULT_WAIT_TIMEOUT, LOCK_KINDS, LockPolicy
 from warmer.cache.trust import OVERRIDE_FLAG, require_trusted
+from warmer.errors import UserError
 from warmer.pipeline.profiles import PROFILES, JobEnvironment
 from warmer.pipeline.targets import TargetRequest
 
@@ -83,6 +84,14 @@ def target_request(args: argparse.Namespace) -> TargetRequest:
 def job_environment(args: argparse.Namespace) -> JobEnvironment:
     """This process's environment with the chosen shapes profile: what every replay and job starts with."""
     return JobEnvironment.with_profile(getattr(args, "shapes", "default"))
+
+
+def existing_cache(args: argparse.Namespace) -> CacheDir:
+    """The cache dir of a command that reads what is there: one that does not exist is a mistyped --cache-dir."""
+    cache = CacheDir(Path(args.cache_dir))
+    if not cache.root.is_dir():
+        raise UserError(f"cache dir {cache.root} does not exist: pass the --cache-dir you warmed")
+    return cache
 
 
 def trusted_cache(args: argparse.Namespace) -> CacheDir:
