@@ -77,6 +77,18 @@ def test_cache_dir_not_a_directory(nnunet_env, tmp_path, capsys) -> None:
     assert blocker.read_text() == "x"
 
 
+@pytest.mark.parametrize("command", [["ls"], ["check"], ["gc", "--max-size", "1G"], ["stats"], ["stats", "--zero"],
+                                     ["stats", "--metrics-file", "METRICS"]])
+def test_a_cache_dir_that_does_not_exist_is_one_line_for_commands_that_read_it(tmp_path, capsys, command) -> None:
+    missing, metrics = tmp_path / "mistyped-cache", tmp_path / "warmer.prom"
+    args = [str(metrics) if arg == "METRICS" else arg for arg in command]
+    assert main([*args, "--cache-dir", str(missing)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured
+    assert f"cache dir {missing} does not exist" in captured.err and "--cache-dir" in captured.err
+    assert sorted(tmp_path.iterdir()) == []
+
+
 def test_run_without_command_or_unknown_command(tmp_path, capsys) -> None:
     assert main(["run", "--cache-dir", str(tmp_path / "c")]) == 2
     assert main(["run", "--cache-dir", str(tmp_path / "c"), "--", "no-such-command-xyz"]) == 2

@@ -6,8 +6,7 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-from warmer.cache.layout import CacheDir
-from warmer.cli.options import add_cache_option, emit_json, job_environment
+from warmer.cli.options import add_cache_option, emit_json, existing_cache, job_environment
 from warmer.ledger import records, stats
 
 
@@ -23,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cache = CacheDir(Path(args.cache_dir))
+    cache = existing_cache(args)
     if args.zero:
         cache.require_writable()
         started = records.start_new_period(cache)
