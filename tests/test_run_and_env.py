@@ -35,8 +35,11 @@ def test_env_exports_point_torch_at_the_cache(tmp_path: Path) -> None:
     assert f"export TORCHINDUCTOR_CACHE_DIR='{tmp_path}/shared dir/inductor'" in lines
     assert "export TORCHINDUCTOR_FX_GRAPH_CACHE=1" in lines and "export TORCHINDUCTOR_AUTOGRAD_CACHE=1" in lines
     assert any(line.startswith("export nnUNet_extTrainer=") for line in lines)
-    as_json = json.loads(cli("env", "--cache-dir", str(tmp_path), "--json").stdout)
-    assert as_json == CacheDir(tmp_path).torch_environment()
+    warning = result.stderr.strip().splitlines()
+    assert len(warning) == 1 and f"cache dir {tmp_path}/shared dir does not exist" in warning[0], result.stderr
+    assert not (tmp_path / "shared dir").exists()
+    existing = cli("env", "--cache-dir", str(tmp_path), "--json")
+    assert existing.stderr == "" and json.loads(existing.stdout) == CacheDir(tmp_path).torch_environment()
 
 
 def test_run_keeps_exit_code_and_counts_spawned_children(tmp_path: Path) -> None:

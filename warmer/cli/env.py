@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from warmer.cli.options import add_cache_option, add_shapes_option, emit_json, job_environment, trusted_cache
+from warmer.cli.options import add_cache_option, add_shapes_option, emit_json, job_environment, stderr, trusted_cache
 from warmer.run.runner import job_exports
 
 
@@ -23,7 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    variables = job_exports(trusted_cache(args), args.shapes, args.cpu_trainers, job_environment(args), args.eager)
+    cache = trusted_cache(args)
+    if not cache.root.is_dir():  # still exit 0: the job runs, only it compiles everything itself
+        stderr(f"nnunet-warmer: warning: cache dir {cache.root} does not exist, so this job compiles cold: check "
+               f"--cache-dir, or warm it first")
+    variables = job_exports(cache, args.shapes, args.cpu_trainers, job_environment(args), args.eager)
     if args.json:
         emit_json(variables)
     else:
