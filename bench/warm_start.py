@@ -27,10 +27,10 @@ import torch
 
 from warmer.cache.layout import CacheDir
 from warmer.demo.synthetic import DEFAULT_DATASET_ID, NnunetPaths, use_demo_dataset
-from warmer.pipeline.plans import load_plans
-from warmer.pipeline.profiles import JobEnvironment
-from warmer.pipeline.targets import build_targets
 from warmer.pipeline.warm import run_replay
+from warmer.values.plans import load_plans
+from warmer.values.profiles import JobEnvironment
+from warmer.values.targets import build_targets
 
 TRAINER = "nnUNetTrainerCPUCompile"
 

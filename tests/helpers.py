@@ -12,10 +12,10 @@ from pathlib import Path
 from warmer.cache.layout import CacheDir
 from warmer.demo import CPU_TRAINERS_DIR
 from warmer.demo.synthetic import DEFAULT_DATASET_ID, NnunetPaths
-from warmer.pipeline.fingerprint import fingerprint_id, target_fingerprint
-from warmer.pipeline.plans import load_plans
-from warmer.pipeline.profiles import JobEnvironment
-from warmer.pipeline.targets import build_targets
+from warmer.values.fingerprint import fingerprint_id, target_fingerprint
+from warmer.values.plans import load_plans
+from warmer.values.profiles import JobEnvironment
+from warmer.values.targets import build_targets
 
 CPU_TRAINER = "nnUNetTrainerCPUCompile_2it"
 BIN = Path(sys.executable).parent

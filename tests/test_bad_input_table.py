@@ -12,7 +12,7 @@ import pytest
 from filelock import FileLock
 
 from warmer.cli import main
-from warmer.pipeline import compat
+from warmer.values import compat
 
 from .helpers import lock_path, target_args
 from .test_errors import CASES

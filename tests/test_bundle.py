@@ -16,7 +16,7 @@ import pytest
 import zstandard
 
 from warmer.cache.bundle import INDEX_NAME, TRAILER_PREFIX
-from warmer.pipeline.fingerprint import fingerprint_id
+from warmer.values.fingerprint import fingerprint_id
 
 from .helpers import cli, job_env, run_under_warmer, target_args, train_command
 from .test_bad_input_table import tree_hash

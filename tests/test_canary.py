@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from warmer.pipeline.capability import diagnose, gpu_too_old
+from warmer.values.capability import diagnose, gpu_too_old
 
 from .helpers import cli, job_env, target_args, train_command, without_compilers
 

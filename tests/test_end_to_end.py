@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from warmer.cache.checksums import digest
-from warmer.cache.layout import CacheDir, TargetKey
-from warmer.pipeline.profiles import JobEnvironment
+from warmer.cache.layout import CacheDir
 from warmer.run.command import NnunetCommand
-from warmer.run.counters import Counters
 from warmer.run.explain import explain_misses
+from warmer.values.counters import Counters
+from warmer.values.profiles import JobEnvironment
+from warmer.values.targets import TargetKey
 
 from .helpers import CPU_TRAINER, cli, job_env, run_under_warmer, target_args, train_command, warm_e2e_cache
 

@@ -10,7 +10,7 @@ import torch
 
 from warmer.cli import main
 from warmer.errors import UserError
-from warmer.pipeline.compat import check_nnunet_version
+from warmer.values.compat import check_nnunet_version
 
 from .helpers import CPU_TRAINER, cli
 

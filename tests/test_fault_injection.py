@@ -36,9 +36,9 @@ import pytest
 from warmer.cache.integrity import damaged_entries
 from warmer.cache.layout import CacheDir
 from warmer.cache.status import target_status
-from warmer.pipeline.plans import DatasetPlans, load_plans
-from warmer.pipeline.profiles import JobEnvironment
-from warmer.pipeline.targets import Target, build_targets
+from warmer.values.plans import DatasetPlans, load_plans
+from warmer.values.profiles import JobEnvironment
+from warmer.values.targets import Target, build_targets
 
 from .helpers import CONCURRENT_CONFIGURATION, CPU_TRAINER, warm_command
 

@@ -19,8 +19,8 @@ from warmer.cache.integrity import Damage, damaged_entries, quarantine
 from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import Manifest, new_manifest
 from warmer.cli import main
-from warmer.pipeline.results import ReplayResult
-from warmer.pipeline.targets import Target
+from warmer.values.results import ReplayResult
+from warmer.values.targets import Target
 
 from .helpers import BIN
 

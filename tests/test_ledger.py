@@ -84,10 +84,10 @@ def test_metrics_file_parses_with_prometheus_parser(tmp_path: Path) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     from warmer.cache.manifest import new_manifest
-    from warmer.pipeline.fingerprint import software_fingerprint
-    from warmer.pipeline.profiles import JobEnvironment
-    from warmer.pipeline.results import ReplayResult
-    from warmer.pipeline.targets import Target
+    from warmer.values.fingerprint import software_fingerprint
+    from warmer.values.profiles import JobEnvironment
+    from warmer.values.results import ReplayResult
+    from warmer.values.targets import Target
 
     cache = CacheDir(tmp_path / "cache")
     for row in (_run_record("Dataset001_A", 10, 0, 2.5, 80.0), _run_record("Dataset001_A", 8, 2, 30.0, 52.5)):

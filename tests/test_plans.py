@@ -10,8 +10,8 @@ import torch
 
 from warmer.cli import main
 from warmer.pipeline.calls import plan_calls
-from warmer.pipeline.plans import load_plans
-from warmer.pipeline.targets import build_targets
+from warmer.values.plans import load_plans
+from warmer.values.targets import build_targets
 
 from .helpers import CPU_TRAINER, write_old_format_plans
 

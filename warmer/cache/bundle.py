@@ -41,8 +41,8 @@ from warmer.cache.layout import CacheDir
 from warmer.cache.locking import LockPolicy, publish_lock
 from warmer.cache.manifest import Manifest, UnreadableManifestError
 from warmer.errors import UserError
-from warmer.pipeline.fingerprint import HostEnvironment, fingerprint_id
 from warmer.report import Reporter
+from warmer.values.fingerprint import HostEnvironment, fingerprint_id
 
 BUNDLE_VERSION = 1
 INDEX_NAME = "bundle.json"

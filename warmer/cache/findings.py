@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from warmer.cache.files import atomic_write_json
-from warmer.cache.layout import CacheDir, TargetKey
-from warmer.pipeline.capability import CannotCompile
-from warmer.pipeline.targets import Target
+from warmer.cache.layout import CacheDir
+from warmer.values.capability import CannotCompile
+from warmer.values.targets import Target, TargetKey
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Literal
 
 from warmer.cache.checksums import digest
-from warmer.cache.layout import CacheDir, TargetKey
+from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import Manifest, UnreadableManifestError
 from warmer.report import Reporter
+from warmer.values.targets import TargetKey
 
 EntryProblem = Literal["missing", "altered"]
 

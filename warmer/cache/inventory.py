@@ -20,7 +20,7 @@ from warmer.cache.integrity import manifest_files
 from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import Manifest, UnreadableManifestError
 from warmer.ledger import records
-from warmer.pipeline.fingerprint import HostEnvironment
+from warmer.values.fingerprint import HostEnvironment
 
 HereState = Literal["usable", "other-environment", "incomplete"]
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warmer.errors import UserError
+from warmer.values.profiles import CACHE_DIR_VARIABLE, CACHE_SWITCHES
+from warmer.values.targets import TargetKey
 
 CACHE_DIR_ENV = "NNUNET_WARMER_CACHE_DIR"
-CACHE_DIR_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
-CACHE_SWITCHES = {"TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
 LEDGER_PERIOD_MARKER = "period-start.json"
 
 
@@ -34,22 +34,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_DIR_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "nnunet-warmer"
-
-
-@dataclass(frozen=True)
-class TargetKey:
-    """What names a target in the cache, whatever the device and batch: dataset, plans, configuration, trainer.
-
-    A target's manifests and its locks live under the same sub-path, one file per environment fingerprint."""
-
-    dataset_name: str
-    plans_identifier: str
-    configuration: str
-    trainer: str
-
-    @property
-    def relative(self) -> Path:
-        return Path(self.dataset_name, self.plans_identifier, self.configuration, self.trainer)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from typing import Any
 
 from warmer.cache.checksums import closure_checksums
 from warmer.cache.files import atomic_write_json
-from warmer.cache.layout import CacheDir, TargetKey
-from warmer.pipeline.results import ReplayResult
-from warmer.pipeline.targets import Target
+from warmer.cache.layout import CacheDir
+from warmer.values.results import ReplayResult
+from warmer.values.targets import Target, TargetKey
 
 MANIFEST_VERSION = 2
 CLOSURE_SINCE_VERSION = 2

@@ -18,10 +18,10 @@ from warmer.cache.findings import finding_for
 from warmer.cache.integrity import manifest_damage
 from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import matching_manifest, read_manifests
-from warmer.pipeline.fingerprint import differences, fingerprint_id, target_fingerprint
-from warmer.pipeline.plans import DatasetPlans
-from warmer.pipeline.profiles import JobEnvironment
-from warmer.pipeline.targets import Target
+from warmer.values.fingerprint import differences, fingerprint_id, target_fingerprint
+from warmer.values.plans import DatasetPlans
+from warmer.values.profiles import JobEnvironment
+from warmer.values.targets import Target
 
 State = Literal["warm", "damaged", "stale", "cannot-compile", "cold"]
 CANNOT_COMPILE_EXIT = 3  # `status`'s exit code when a target is cannot-compile: what a job script tests

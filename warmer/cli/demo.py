@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from warmer.demo.cold_vs_warm import run_demo
-    from warmer.pipeline.compat import check_versions
+    from warmer.values.compat import check_versions
 
     check_versions()
     return run_demo(Path(args.workdir), args.c, args.json)

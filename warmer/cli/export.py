@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from warmer.cache.sizes import format_size
     from warmer.cache.status import target_status
     from warmer.errors import UserError
-    from warmer.pipeline.targets import select_targets
+    from warmer.values.targets import select_targets
 
     dp, targets = select_targets(target_request(args))
     cache = trusted_cache(args)

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from warmer.cache.sizes import format_size
     from warmer.cache.trust import shared_root_for_writing
     from warmer.errors import UserError
-    from warmer.pipeline.fingerprint import HostEnvironment
+    from warmer.values.fingerprint import HostEnvironment
 
     path = Path(args.bundle)
     if not path.is_file() or not os.access(path, os.R_OK):

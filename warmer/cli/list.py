@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from warmer.pipeline.calls import plan_calls, variant_paths
-    from warmer.pipeline.targets import select_targets
+    from warmer.values.targets import select_targets
 
     dp, targets = select_targets(target_request(args), dry_run=True)
     profile = job_environment(args).profile

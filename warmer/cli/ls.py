@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from warmer.cache.inventory import age, take_inventory
     from warmer.cache.sizes import format_size
-    from warmer.pipeline.fingerprint import HostEnvironment
+    from warmer.values.fingerprint import HostEnvironment
 
     cache = existing_cache(args)
     inventory = take_inventory(cache, HostEnvironment.here(job_environment(args)))

@@ -12,8 +12,8 @@ from warmer.cache.layout import CacheDir, default_cache_dir
 from warmer.cache.locking import DEFAULT_LEASE_SECONDS, DEFAULT_WAIT_TIMEOUT, LOCK_KINDS, LockPolicy
 from warmer.cache.trust import OVERRIDE_FLAG, require_trusted
 from warmer.errors import UserError
-from warmer.pipeline.profiles import PROFILES, JobEnvironment
-from warmer.pipeline.targets import TargetRequest
+from warmer.values.profiles import PROFILES, JobEnvironment
+from warmer.values.targets import TargetRequest
 
 
 def stderr(message: str) -> None:

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from warmer.cache.status import target_status
-    from warmer.pipeline.targets import select_targets
+    from warmer.values.targets import select_targets
 
     dp, targets = select_targets(target_request(args))
     cache = trusted_cache(args)

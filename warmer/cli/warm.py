@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from warmer.errors import UserError
-    from warmer.pipeline.targets import select_targets
     from warmer.pipeline.warm import warm_targets
+    from warmer.values.targets import select_targets
 
     dp, targets = select_targets(target_request(args))
     cache = trusted_cache(args)

@@ -47,9 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from warmer.errors import UserError
-    from warmer.pipeline.plans import preprocessed_root
     from warmer.service.metrics import ServiceMetrics
     from warmer.service.watch import WatchRequest, watch
+    from warmer.values.plans import preprocessed_root
 
     for flag, value in (("--interval", args.interval), ("--retry-base", args.retry_base),
                         ("--retry-max", args.retry_max)):

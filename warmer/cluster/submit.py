@@ -17,8 +17,8 @@ from warmer.cache.trust import require_trusted
 from warmer.cluster.jobs import JobRequest, SlurmJob, check_job_options, plan_jobs
 from warmer.cluster.slurm import SbatchError, require_sbatch, sbatch, scancel
 from warmer.errors import UserError
-from warmer.pipeline.targets import TargetRequest, check_request
 from warmer.report import Reporter
+from warmer.values.targets import TargetRequest, check_request
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any
 
 from warmer.cache.layout import CacheDir
 from warmer.demo.synthetic import DEFAULT_DATASET_ID, NnunetPaths, entry_point, use_demo_dataset
-from warmer.pipeline.capability import EAGER_VALUE, EAGER_VARIABLE
 from warmer.run.runner import run_and_record
+from warmer.values.capability import EAGER_VALUE, EAGER_VARIABLE
 
 DEMO_TRAINER = "nnUNetTrainerCPUCompile_2it"
 
@@ -33,10 +33,10 @@ def train_command(dataset_id: int, configuration: str, device: str) -> list[str]
 def run_demo(workdir: Path, configurations: list[str], as_json: bool) -> int:
     import torch
 
-    from warmer.pipeline.plans import load_plans
-    from warmer.pipeline.profiles import JobEnvironment
-    from warmer.pipeline.targets import build_targets
     from warmer.pipeline.warm import warm_target
+    from warmer.values.plans import load_plans
+    from warmer.values.profiles import JobEnvironment
+    from warmer.values.targets import build_targets
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     workdir = workdir.absolute()

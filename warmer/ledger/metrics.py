@@ -12,8 +12,8 @@ from typing import Any
 from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import read_manifest_folder
 from warmer.errors import UserError
-from warmer.pipeline.fingerprint import HostEnvironment, software_fingerprint
-from warmer.pipeline.profiles import JobEnvironment
+from warmer.values.fingerprint import HostEnvironment, software_fingerprint
+from warmer.values.profiles import JobEnvironment
 
 LEDGER_GAUGES = (
     ("runs", "runs", "Wrapped training/predict runs recorded in the period"),

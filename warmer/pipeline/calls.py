@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from warmer.pipeline.plans import DatasetPlans
-from warmer.pipeline.profiles import Profile
-from warmer.pipeline.targets import Target
+from warmer.values.plans import DatasetPlans
+from warmer.values.profiles import Profile
+from warmer.values.targets import Target
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warmer.pipeline.capability import CannotCompile, diagnose, gpu_too_old
-from warmer.pipeline.results import ReplayResult, ReplaySpec
-from warmer.pipeline.targets import Target
+from warmer.values.capability import CannotCompile, diagnose, gpu_too_old
+from warmer.values.results import ReplayResult, ReplaySpec
+from warmer.values.targets import Target
 
 PROGRESS_PREFIX = "@@nnunet-warmer "
 _RECORDED_EVENTS = {"open": 0, "import": 1, "ctypes.dlopen": 0, "compile": 1}  # event -> index of its path argument
@@ -246,7 +246,7 @@ class _TrainingRun:
     def fresh_inference(self) -> None:
         import torch
 
-        from warmer.run import counters
+        from warmer.values import counters
 
         # reset() clears dynamo's compile timers (not the hit/miss counters): keep what was spent so far
         self.compile_seconds_before_reset = counters.snapshot().compile_seconds
@@ -286,10 +286,10 @@ def replay(spec: ReplaySpec, scratch: Path) -> ReplayResult:
     import torch
     import torch._dynamo.config as dynamo_config
 
-    from warmer.pipeline.fingerprint import target_fingerprint
-    from warmer.pipeline.plans import load_plans
-    from warmer.pipeline.profiles import JobEnvironment
-    from warmer.run import counters
+    from warmer.values import counters
+    from warmer.values.fingerprint import target_fingerprint
+    from warmer.values.plans import load_plans
+    from warmer.values.profiles import JobEnvironment
 
     counters.count_symbolic_shapes()
     wall_start = time.perf_counter()

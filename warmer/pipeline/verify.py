@@ -12,8 +12,8 @@ shows that.
 
 from __future__ import annotations
 
-from warmer.pipeline.results import ReplayResult
-from warmer.run.counters import Counters
+from warmer.values.counters import Counters
+from warmer.values.results import ReplayResult
 
 _CHECKED = (("fx_miss", "FX-graph misses"), ("aot_miss", "AOTAutograd misses"), ("fx_bypass", "FX-graph bypasses"),
             ("aot_bypass", "AOTAutograd bypasses"))

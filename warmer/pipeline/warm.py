@@ -38,14 +38,14 @@ from warmer.cache.manifest import Manifest, matching_manifest, new_manifest, rea
 from warmer.errors import WarmError
 from warmer.ledger import records
 from warmer.pipeline import verify
-from warmer.pipeline.capability import CannotCompile, CannotCompileError
-from warmer.pipeline.fingerprint import fingerprint_id, target_fingerprint
-from warmer.pipeline.plans import DatasetPlans
-from warmer.pipeline.profiles import JobEnvironment
 from warmer.pipeline.replay import PROGRESS_PREFIX
-from warmer.pipeline.results import ReplayResult, ReplaySpec
-from warmer.pipeline.targets import Target
 from warmer.report import Reporter
+from warmer.values.capability import CannotCompile, CannotCompileError
+from warmer.values.fingerprint import fingerprint_id, target_fingerprint
+from warmer.values.plans import DatasetPlans
+from warmer.values.profiles import JobEnvironment
+from warmer.values.results import ReplayResult, ReplaySpec
+from warmer.values.targets import Target
 
 WarmState = Literal["warm", "already-warm", "no-compile", "cannot-compile"]
 

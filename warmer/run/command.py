@@ -6,9 +6,9 @@ import argparse
 import contextlib
 from dataclasses import dataclass
 
-from warmer.cache.layout import TargetKey
 from warmer.errors import UserError
-from warmer.pipeline.plans import resolve_dataset_name
+from warmer.values.plans import resolve_dataset_name
+from warmer.values.targets import TargetKey
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ import shlex
 from warmer.cache.layout import CacheDir
 from warmer.cache.status import target_status
 from warmer.errors import UserError
-from warmer.pipeline.plans import load_plans
-from warmer.pipeline.profiles import JobEnvironment
-from warmer.pipeline.targets import build_targets
 from warmer.run.command import NnunetCommand
-from warmer.run.counters import Counters
+from warmer.values.counters import Counters
+from warmer.values.plans import load_plans
+from warmer.values.profiles import JobEnvironment
+from warmer.values.targets import build_targets
 
 
 def explain_misses(cache: CacheDir, command: NnunetCommand | None, counters: Counters,

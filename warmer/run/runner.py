@@ -23,19 +23,20 @@ from typing import IO, Any
 import warmer
 from warmer.cache.findings import findings_of
 from warmer.cache.integrity import manifest_files, set_aside
-from warmer.cache.layout import CACHE_DIR_VARIABLE, CacheDir, TargetKey
+from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import read_manifests
 from warmer.demo import CPU_TRAINERS_DIR
 from warmer.errors import UserError
+from warmer.hooks import nnunet_warmer_hook_variables as hook
 from warmer.ledger import records
-from warmer.pipeline.capability import EAGER_VALUE, EAGER_VARIABLE
-from warmer.pipeline.fingerprint import HostEnvironment
-from warmer.pipeline.profiles import JobEnvironment, hooks_pythonpath, profile_environment
 from warmer.report import Reporter
 from warmer.run.command import NnunetCommand, parse_nnunet_command
-from warmer.run.counters import Counters, total
 from warmer.run.explain import explain_misses
-from warmer.run.hooks import nnunet_warmer_hook_variables as hook
+from warmer.values.capability import EAGER_VALUE, EAGER_VARIABLE
+from warmer.values.counters import Counters, total
+from warmer.values.fingerprint import HostEnvironment
+from warmer.values.profiles import CACHE_DIR_VARIABLE, JobEnvironment, hooks_pythonpath, profile_environment
+from warmer.values.targets import TargetKey
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from warmer.pipeline.plans import preprocessed_root
+from warmer.values.plans import preprocessed_root
 
 DATASET_FOLDER = re.compile(r"Dataset\d{3}_.+")
 

@@ -26,14 +26,14 @@ from warmer.cache.locking import LockPolicy
 from warmer.cache.status import target_status
 from warmer.cache.trust import require_trusted, shared_root_for_writing
 from warmer.errors import UserError
-from warmer.pipeline.plans import DatasetPlans, resolve_dataset_name
-from warmer.pipeline.profiles import JobEnvironment
-from warmer.pipeline.targets import Target, TargetRequest, build_targets, check_request, resolve_device
 from warmer.pipeline.warm import warm_targets
 from warmer.report import Reporter
 from warmer.service.backoff import Backoff
 from warmer.service.discovery import PlansWatch, find_datasets, plans_signature
 from warmer.service.metrics import ServiceMetrics
+from warmer.values.plans import DatasetPlans, resolve_dataset_name
+from warmer.values.profiles import JobEnvironment
+from warmer.values.targets import Target, TargetRequest, build_targets, check_request, resolve_device
 
 SOFTWARE = ("torch", "triton", "nnunetv2", "dynamic_network_architectures", "nnunet-warmer")
 

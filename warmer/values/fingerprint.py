@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from warmer.cache.layout import CACHE_DIR_VARIABLE, CACHE_SWITCHES
-from warmer.pipeline.plans import DatasetPlans, find_trainer_class, plans_hash, trainer_source_hash
-from warmer.pipeline.profiles import JobEnvironment
-from warmer.pipeline.targets import Target
-from warmer.run.hooks.nnunet_warmer_hook_variables import RECOMPILE_LIMIT
+from warmer.hooks.nnunet_warmer_hook_variables import RECOMPILE_LIMIT
+from warmer.values.plans import DatasetPlans, find_trainer_class, plans_hash, trainer_source_hash
+from warmer.values.profiles import CACHE_DIR_VARIABLE, CACHE_SWITCHES, JobEnvironment
+from warmer.values.targets import Target
 
 COMPILE_ENV_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_DYNAMO_", "TORCH_COMPILE_")
 

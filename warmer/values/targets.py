@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from warmer.cache.layout import TargetKey
 from warmer.errors import UserError
-from warmer.pipeline.compat import check_versions
-from warmer.pipeline.plans import DatasetPlans, find_trainer_class, load_plans, resolve_configurations
+from warmer.values.compat import check_versions
+from warmer.values.plans import DatasetPlans, find_trainer_class, load_plans, resolve_configurations
+
+
+@dataclass(frozen=True)
+class TargetKey:
+    """What names a target in the cache, whatever the device and batch: dataset, plans, configuration, trainer.
+
+    A target's manifests and its locks live under the same sub-path, one file per environment fingerprint."""
+
+    dataset_name: str
+    plans_identifier: str
+    configuration: str
+    trainer: str
+
+    @property
+    def relative(self) -> Path:
+        return Path(self.dataset_name, self.plans_identifier, self.configuration, self.trainer)
 
 
 @dataclass(frozen=True)

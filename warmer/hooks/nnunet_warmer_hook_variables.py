@@ -1,7 +1,7 @@
 """The variables that configure `sitecustomize.py` in a job's processes, named once for the hook and the warmer.
 
 This folder goes on a job's PYTHONPATH, so the hook imports this module by its top-level name; the warmer imports it
-as `warmer.run.hooks.nnunet_warmer_hook_variables`. Standard library only.
+as `warmer.hooks.nnunet_warmer_hook_variables`. Standard library only.
 """
 
 import os

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from warmer.pipeline.targets import Target
-from warmer.run.counters import Counters
+from warmer.values.counters import Counters
+from warmer.values.targets import Target
 
 
 @dataclass(frozen=True)

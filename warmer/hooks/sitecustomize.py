@@ -41,11 +41,11 @@ def _quiet_known_noise() -> None:
 
 
 def _warmer_counters() -> Any:
-    """warmer.run.counters, imported from the package that installed this hook."""
+    """warmer.values.counters, imported from the package that installed this hook."""
     parent = os.environ.get(variables.PACKAGE_PARENT)
     if parent and parent not in sys.path:
         sys.path.insert(0, parent)
-    from warmer.run import counters
+    from warmer.values import counters
 
     return counters
 

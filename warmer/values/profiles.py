@@ -5,7 +5,7 @@
   network when the final validation switches to batch-1 tiles).
 - `static`: automatic dynamic shapes off and a recompile limit high enough for every deep-supervision scale
   in train and eval mode, so every call gets its own fixed-shape graph. The recompile limit has no
-  environment variable: the hook in `warmer/run/hooks` sets it in every Python process that imports torch.
+  environment variable: the hook in `warmer/hooks` sets it in every Python process that imports torch.
 
 A profile is a set of environment variables. `JobEnvironment` is the environment every process of a warm or a
 training job starts with (this process's, plus the profile's); the stages take it as an argument, and nothing
@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, cast
 
-from warmer.run.hooks.nnunet_warmer_hook_variables import HOOKS_DIR, RECOMPILE_LIMIT
+from warmer.hooks.nnunet_warmer_hook_variables import HOOKS_DIR, RECOMPILE_LIMIT
 
 Profile = Literal["default", "static"]
 PROFILES: tuple[Profile, ...] = ("default", "static")
 AUTOMATIC_DYNAMIC_VARIABLE = "TORCH_DYNAMO_AUTOMATIC_DYNAMIC_SHAPES"
 STATIC_RECOMPILE_LIMIT = 64
+#: where torch keeps its compile cache, and the switches that keep its FX and AOTAutograd caches on
+CACHE_DIR_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
+CACHE_SWITCHES = {"TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
 
 
 def hooks_pythonpath(current: str) -> str:
