@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from warmer.cache.bundle import INDEX_NAME, TRAILER_PREFIX
+from warmer.lifecycle.bundle import INDEX_NAME, TRAILER_PREFIX
 from warmer.values.fingerprint import fingerprint_id
 
 from .helpers import cli, job_env, run_under_warmer, target_args, train_command

@@ -35,7 +35,7 @@ import pytest
 
 from warmer.cache.integrity import damaged_entries
 from warmer.cache.layout import CacheDir
-from warmer.cache.status import target_status
+from warmer.pipeline.status import target_status
 from warmer.values.plans import DatasetPlans, load_plans
 from warmer.values.profiles import JobEnvironment
 from warmer.values.targets import Target, build_targets

@@ -1,1 +1,1 @@
-"""The shared cache directory: its layout, manifests, integrity, trust, locks and the status of each target."""
+"""The shared cache directory as storage: its layout, manifests, checksums, integrity, trust, locks and findings."""

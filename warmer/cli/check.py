@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from warmer.cache.integrity import damaged_entries
-    from warmer.cache.inventory import take_inventory
+    from warmer.lifecycle.inventory import take_inventory
 
     cache = existing_cache(args)
     damaged = damaged_entries(cache)

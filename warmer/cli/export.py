@@ -21,11 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from warmer.cache.bundle import write_bundle
     from warmer.cache.manifest import Manifest
     from warmer.cache.sizes import format_size
-    from warmer.cache.status import target_status
     from warmer.errors import UserError
+    from warmer.lifecycle.bundle import write_bundle
+    from warmer.pipeline.status import target_status
     from warmer.values.targets import select_targets
 
     dp, targets = select_targets(target_request(args))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from warmer.cache.gc import DEFAULT_GRACE_DAYS, QUARANTINE_DAYS, GcPlan, GcResult
 from warmer.cli.options import add_cache_option, add_lock_options, emit_json, existing_cache, lock_policy, stderr
+from warmer.lifecycle.gc import DEFAULT_GRACE_DAYS, QUARANTINE_DAYS, GcPlan, GcResult
 
 
 def _size_argument(text: str) -> int:
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from warmer.cache.gc import GcPolicy, collect, plan_gc
+    from warmer.lifecycle.gc import GcPolicy, collect, plan_gc
 
     cache = existing_cache(args)
     if not args.dry_run:
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print(plan: GcPlan, result: GcResult | None) -> None:
-    from warmer.cache.inventory import age
     from warmer.cache.sizes import format_size
+    from warmer.lifecycle.inventory import age
 
     drops = result.dropped if result is not None else plan.drops
     verb = "dropped" if result is not None else "would drop"

@@ -40,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from warmer.cache.bundle import BundleError, check_bundle, environment_differences, import_bundle
     from warmer.cache.sizes import format_size
     from warmer.cache.trust import shared_root_for_writing
     from warmer.errors import UserError
+    from warmer.lifecycle.bundle import BundleError, check_bundle, environment_differences, import_bundle
     from warmer.values.fingerprint import HostEnvironment
 
     path = Path(args.bundle)

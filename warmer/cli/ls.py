@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from warmer.cache.inventory import age, take_inventory
     from warmer.cache.sizes import format_size
+    from warmer.lifecycle.inventory import age, take_inventory
     from warmer.values.fingerprint import HostEnvironment
 
     cache = existing_cache(args)

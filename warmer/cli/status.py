@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from warmer.cache.status import CANNOT_COMPILE_EXIT
 from warmer.cli.options import add_target_options, emit_json, job_environment, target_request, trusted_cache
+from warmer.pipeline.status import CANNOT_COMPILE_EXIT
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from warmer.cache.status import target_status
+    from warmer.pipeline.status import target_status
     from warmer.values.targets import select_targets
 
     dp, targets = select_targets(target_request(args))

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from warmer.cache.status import CANNOT_COMPILE_EXIT
 from warmer.errors import UserError
+from warmer.pipeline.status import CANNOT_COMPILE_EXIT
 
 DEFAULT_GPU_TYPE_ARG = "--constraint={type}"
 GPU_REQUEST_PREFIXES = ("--gres", "--gpus", "-G", "--gpus-per-node", "--gpus-per-task")

@@ -1,1 +1,1 @@
-"""The warm pipeline: plans -> targets -> replay in a fresh process -> verify -> publish."""
+"""The warm pipeline: plans -> targets -> replay in a fresh process -> verify -> publish; and each target's status."""

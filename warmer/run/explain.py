@@ -11,8 +11,8 @@ from __future__ import annotations
 import shlex
 
 from warmer.cache.layout import CacheDir
-from warmer.cache.status import target_status
 from warmer.errors import UserError
+from warmer.pipeline.status import target_status
 from warmer.run.command import NnunetCommand
 from warmer.values.counters import Counters
 from warmer.values.plans import load_plans

@@ -23,9 +23,9 @@ from importlib import metadata
 
 from warmer.cache.layout import CacheDir
 from warmer.cache.locking import LockPolicy
-from warmer.cache.status import target_status
 from warmer.cache.trust import require_trusted, shared_root_for_writing
 from warmer.errors import UserError
+from warmer.pipeline.status import target_status
 from warmer.pipeline.warm import warm_targets
 from warmer.report import Reporter
 from warmer.service.backoff import Backoff

@@ -29,10 +29,10 @@ from typing import Any, Literal
 
 from warmer.cache.files import TEMP_SUFFIX, abandoned_temps, server_now
 from warmer.cache.integrity import listed_entries
-from warmer.cache.inventory import CachedTarget, apparent_bytes, take_inventory
 from warmer.cache.layout import CacheDir
 from warmer.cache.locking import LockPolicy, publish_lock
 from warmer.cache.manifest import Manifest, UnreadableManifestError
+from warmer.lifecycle.inventory import CachedTarget, apparent_bytes, take_inventory
 from warmer.report import Reporter
 
 DAY = 86400.0
