@@ -6,6 +6,7 @@ import argparse
 import shlex
 
 from warmer.cli.options import add_cache_option, add_shapes_option, emit_json, job_environment, stderr, trusted_cache
+from warmer.demo import CPU_TRAINERS_DIR
 from warmer.run.runner import job_exports
 
 
@@ -27,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     if not cache.root.is_dir():  # still exit 0: the job runs, only it compiles everything itself
         stderr(f"nnunet-warmer: warning: cache dir {cache.root} does not exist, so this job compiles cold: check "
                f"--cache-dir, or warm it first")
-    variables = job_exports(cache, args.shapes, args.cpu_trainers, job_environment(args), args.eager)
+    trainer_folders = [CPU_TRAINERS_DIR] if args.cpu_trainers else []
+    variables = job_exports(cache, args.shapes, trainer_folders, job_environment(args), args.eager)
     if args.json:
         emit_json(variables)
     else:

@@ -16,6 +16,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -25,7 +26,6 @@ from warmer.cache.findings import findings_of
 from warmer.cache.integrity import manifest_files, set_aside
 from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import read_manifests
-from warmer.demo import CPU_TRAINERS_DIR
 from warmer.errors import UserError
 from warmer.hooks import nnunet_warmer_hook_variables as hook
 from warmer.ledger import records
@@ -81,15 +81,16 @@ def probe_environment(records_dir: Path, environment: JobEnvironment) -> dict[st
     }
 
 
-def job_exports(cache: CacheDir, profile: str, cpu_trainers: bool, environment: JobEnvironment,
+def job_exports(cache: CacheDir, profile: str, trainer_folders: Sequence[Path], environment: JobEnvironment,
                 eager: bool = False) -> dict[str, str]:
     """`nnunet-warmer env`: the variables a training job needs to run on the cache under `profile` (or, `eager`,
-    without compiling at all)."""
+    without compiling at all), with `trainer_folders` put first on nnUNet_extTrainer."""
     variables = {**cache.torch_environment(), **profile_environment(profile, environment.get("PYTHONPATH"))}
     if eager:
         variables[EAGER_VARIABLE] = EAGER_VALUE
-    if cpu_trainers:
-        folders = [str(CPU_TRAINERS_DIR)] + [p for p in environment.get("nnUNet_extTrainer").split(os.pathsep) if p]
+    if trainer_folders:
+        folders = [str(f) for f in trainer_folders]
+        folders += [p for p in environment.get("nnUNet_extTrainer").split(os.pathsep) if p]
         variables["nnUNet_extTrainer"] = os.pathsep.join(dict.fromkeys(folders))
     return variables
 
