@@ -54,6 +54,20 @@ def test_an_intact_cache_checks_clean(published, capsys) -> None:
     assert "0 damaged entries" in capsys.readouterr().out
 
 
+
+def test_check_reads_each_manifest_once(published, capsys, monkeypatch) -> None:
+    cache, manifest = published
+    reads: list[Path] = []
+    read = Manifest.read.__func__
+
+    def counted(cls, path: Path) -> Manifest:
+        reads.append(path)
+        return read(cls, path)
+
+    monkeypatch.setattr(Manifest, "read", classmethod(counted))
+    assert main(["check", "--cache-dir", str(cache.root)]) == 0
+    assert reads == [manifest]
+
 @pytest.mark.parametrize("kind", sorted(ENTRIES))
 @pytest.mark.parametrize("damage", ["truncated", "garbled"])
 def test_each_kind_of_damage_is_named(published, capsys, kind: str, damage: str) -> None:

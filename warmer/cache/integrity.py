@@ -18,7 +18,7 @@ from typing import Literal
 
 from warmer.cache.checksums import digest
 from warmer.cache.layout import CacheDir
-from warmer.cache.manifest import Manifest, UnreadableManifestError
+from warmer.cache.manifest import Manifest, UnreadableManifestError, read_manifest_files
 from warmer.report import Reporter
 from warmer.values.targets import TargetKey
 
@@ -63,13 +63,12 @@ def manifest_files(cache: CacheDir, keys: list[TargetKey] | None = None) -> list
 def damaged_entries(cache: CacheDir, keys: list[TargetKey] | None = None) -> list[Damage]:
     """Each damaged file of the manifests of `keys` (default: every manifest) once, and every one of those
     manifests that lists one (its target is no longer proven warm); empty when their entries are intact."""
-    found: dict[Path, str] = {}
-    manifests: list[Manifest] = []
-    for path in manifest_files(cache, keys):
-        try:
-            manifests.append(Manifest.read(path))
-        except UnreadableManifestError:
-            found[path] = "manifest does not parse"
+    return find_damage(cache, *read_manifest_files(manifest_files(cache, keys)))
+
+
+def find_damage(cache: CacheDir, manifests: list[Manifest], unreadable: list[Path]) -> list[Damage]:
+    """`damaged_entries` of manifests already read (`unreadable`: the manifest files that did not parse)."""
+    found: dict[Path, str] = dict.fromkeys(unreadable, "manifest does not parse")
     digests: dict[str, str] = {}
     for manifest in manifests:
         for relative, expected in manifest.entries.items():

@@ -129,6 +129,17 @@ def read_manifest_folder(folder: Path) -> list[Manifest]:
     return manifests
 
 
+def read_manifest_files(paths: list[Path]) -> tuple[list[Manifest], list[Path]]:
+    """The manifests at `paths` that parse, and the paths of those that do not, each file read once."""
+    manifests, unreadable = [], []
+    for path in paths:
+        try:
+            manifests.append(Manifest.read(path))
+        except UnreadableManifestError:
+            unreadable.append(path)
+    return manifests, unreadable
+
+
 def matching_manifest(manifests: list[Manifest], fingerprint: dict[str, str], fingerprint_id: str) -> Manifest | None:
     """The manifest verified under exactly this fingerprint, if any."""
     return next((m for m in manifests if m.matches(fingerprint, fingerprint_id)), None)

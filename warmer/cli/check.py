@@ -16,12 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from warmer.cache.integrity import damaged_entries
+    from warmer.cache.integrity import find_damage
     from warmer.lifecycle.inventory import take_inventory
 
     cache = existing_cache(args)
-    damaged = damaged_entries(cache)
     inventory = take_inventory(cache)
+    damaged = find_damage(cache, [t.manifest for t in inventory.targets], inventory.unreadable_manifests)
     unlisted, unlisted_bytes = inventory.unlisted, inventory.unlisted_bytes
     if args.json:
         emit_json({"cache_dir": str(cache.root), "damaged": [d.to_dict() for d in damaged],

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from warmer.cache.checksums import cache_entries
 from warmer.cache.integrity import manifest_files
 from warmer.cache.layout import CacheDir
-from warmer.cache.manifest import Manifest, UnreadableManifestError
+from warmer.cache.manifest import Manifest, read_manifest_files
 from warmer.ledger import records
 from warmer.values.fingerprint import HostEnvironment
 
@@ -113,12 +113,7 @@ def _last_runs(cache: CacheDir) -> dict[tuple[str, str, str, str, str], float]:
 def take_inventory(cache: CacheDir, host: HostEnvironment | None = None) -> CacheInventory:
     """Every manifest of the cache with its state on `host` when given, sizes from the files on disk, and last use
     from the ledger."""
-    manifests, unreadable = [], []
-    for path in manifest_files(cache):
-        try:
-            manifests.append(Manifest.read(path))
-        except UnreadableManifestError:
-            unreadable.append(path)
+    manifests, unreadable = read_manifest_files(manifest_files(cache))
     entries = cache_entries(cache)
     listed_by = Counter(relative for m in manifests for relative in m.entries)
     last_runs = _last_runs(cache)
