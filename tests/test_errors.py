@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,17 @@ def test_a_trainer_folder_with_a_broken_module_is_one_line_naming_the_file(nnune
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert str(folder / "aa_typo.py") in lines[0] and "nnUNetTrainr" in lines[0], lines[0]
     assert not cache.exists()
+
+
+
+def test_metrics_without_prometheus_client_are_one_line_naming_the_extra(tmp_path, monkeypatch, capsys) -> None:
+    from warmer.service.metrics import ServiceMetrics
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # what `import` then cannot find
+    extra = "metrics need prometheus_client: pip install 'nnunet-warmer[metrics]'"
+    (tmp_path / "cache").mkdir()
+    assert main(["stats", "--cache-dir", str(tmp_path / "cache"), "--metrics-file", str(tmp_path / "m.prom")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"nnunet-warmer: error: {extra}"]
+    with pytest.raises(UserError, match=re.escape(extra)):
+        ServiceMetrics(tmp_path / "m.prom", None, "127.0.0.1")
+    assert not (tmp_path / "m.prom").exists()

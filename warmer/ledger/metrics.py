@@ -6,7 +6,9 @@ the software on the host that writes the file (torch, Triton, CUDA, Python, nnU-
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from warmer.cache.layout import CacheDir
@@ -42,22 +44,34 @@ def target_states(cache: CacheDir, environment: JobEnvironment) -> dict[str, int
     return states
 
 
-def write_metrics(path: Path, cache: CacheDir, summary: dict[str, Any], environment: JobEnvironment) -> None:
+def prometheus() -> ModuleType:
+    """prometheus_client, which only the metrics need (the `metrics` extra): the one place that says so."""
     try:
-        from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+        import prometheus_client
     except ImportError:
-        raise UserError("--metrics-file needs prometheus_client: pip install prometheus_client") from None
-    registry = CollectorRegistry()
+        raise UserError("metrics need prometheus_client: pip install 'nnunet-warmer[metrics]'") from None
+    return prometheus_client
+
+
+def write_textfile(path: Path, registry: Any) -> None:
+    """`registry` in the text format at `path`, replaced atomically (prometheus_client writes a temp file and
+    renames it)."""
+    try:
+        prometheus().write_to_textfile(os.fspath(path), registry)
+    except OSError as e:
+        raise UserError(f"cannot write metrics file {path} ({e.strerror}): pass a writable --metrics-file") from None
+
+
+def write_metrics(path: Path, cache: CacheDir, summary: dict[str, Any], environment: JobEnvironment) -> None:
+    client = prometheus()
+    registry = client.CollectorRegistry()
     labels = ("dataset", "configuration", "gpu")
     for name, key, help_text in LEDGER_GAUGES:
-        gauge = Gauge(f"nnunet_warmer_{name}", help_text, labels, registry=registry)
+        gauge = client.Gauge(f"nnunet_warmer_{name}", help_text, labels, registry=registry)
         for group in summary["groups"].values():
             gauge.labels(*(group[label] for label in labels)).set(group[key])
-    targets = Gauge("nnunet_warmer_targets", "Targets in the cache by state for this host's software", ["state"],
+    targets = client.Gauge("nnunet_warmer_targets", "Targets in the cache by state for this host's software", ["state"],
                     registry=registry)
     for state, count in target_states(cache, environment).items():
         targets.labels(state).set(count)
-    try:
-        write_to_textfile(str(path), registry)
-    except OSError as e:
-        raise UserError(f"cannot write metrics file {path} ({e.strerror}): pass a writable --metrics-file") from None
+    write_textfile(path, registry)

@@ -4,39 +4,36 @@ Served over HTTP (`--metrics-port`) or written for node_exporter's textfile coll
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from warmer.errors import UserError
+from warmer.ledger.metrics import prometheus, write_textfile
 
 STATES = ("warm", "cold", "stale", "damaged", "no-compile", "cannot-compile")
 
 
 class ServiceMetrics:
     def __init__(self, textfile: Path | None, port: int | None, address: str) -> None:
-        try:
-            from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, start_http_server
-        except ImportError:
-            raise UserError("metrics need prometheus_client: pip install 'nnunet-warmer[metrics]'") from None
-        disable_created_metrics()  # the *_created series say when this process started, which nobody asked
+        client = prometheus()
+        client.disable_created_metrics()  # the *_created series say when this process started, which nobody asked
         self.textfile = textfile
-        self.registry = CollectorRegistry()
-        self.targets = Gauge("nnunet_warmer_watch_targets", "Targets by state for this node, at the last pass",
+        self.registry = client.CollectorRegistry()
+        self.targets = client.Gauge("nnunet_warmer_watch_targets", "Targets by state for this node, at the last pass",
                              ["state"], registry=self.registry)
-        self.datasets_failing = Gauge("nnunet_warmer_watch_datasets_unreadable",
+        self.datasets_failing = client.Gauge("nnunet_warmer_watch_datasets_unreadable",
                                       "Datasets skipped at the last pass (plans unreadable or invalid)",
                                       registry=self.registry)
-        self.warms = Counter("nnunet_warmer_watch_warms", "Warms run by this service, by outcome", ["outcome"],
+        self.warms = client.Counter("nnunet_warmer_watch_warms", "Warms run by this service, by outcome", ["outcome"],
                              registry=self.registry)
-        self.warm_seconds = Counter("nnunet_warmer_watch_warm_seconds", "Seconds spent warming",
+        self.warm_seconds = client.Counter("nnunet_warmer_watch_warm_seconds", "Seconds spent warming",
                                     registry=self.registry)
-        self.last_pass = Gauge("nnunet_warmer_watch_last_pass_timestamp_seconds",
+        self.last_pass = client.Gauge("nnunet_warmer_watch_last_pass_timestamp_seconds",
                                "When the last pass over every target ended (Unix time)", registry=self.registry)
         for outcome in ("done", "failed"):
             self.warms.labels(outcome)
         if port is not None:
             try:
-                start_http_server(port, addr=address, registry=self.registry)
+                client.start_http_server(port, addr=address, registry=self.registry)
             except OSError as e:
                 raise UserError(f"cannot serve metrics on {address}:{port} ({e.strerror}): pass another "
                                 f"--metrics-port") from None
@@ -54,13 +51,6 @@ class ServiceMetrics:
         self.write()
 
     def write(self) -> None:
-        """The textfile, replaced atomically (prometheus_client writes a temp file and renames it)."""
-        if self.textfile is None:
-            return
-        from prometheus_client import write_to_textfile
-
-        try:
-            write_to_textfile(os.fspath(self.textfile), self.registry)
-        except OSError as e:
-            raise UserError(f"cannot write metrics file {self.textfile} ({e.strerror}): pass a writable "
-                            f"--metrics-file") from None
+        """The textfile, replaced atomically."""
+        if self.textfile is not None:
+            write_textfile(self.textfile, self.registry)
