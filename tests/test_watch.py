@@ -142,7 +142,7 @@ def test_plans_that_appear_and_change_are_warmed_and_broken_plans_are_skipped(pl
         service.stop()
     finally:
         service.kill()
-        (tmp_path / "watch.log").write_text(service.text())  # the README quotes it
+        (tmp_path / "watch.log").write_text(service.text())  # docs/service.md quotes it
 
 
 def test_sigterm_during_a_compile_stops_cleanly_and_a_restart_completes_the_warm(planned, tmp_path):
