@@ -84,6 +84,7 @@ def test_an_imported_target_trains_warm_at_another_path(planned, bundle, tmp_pat
     env = {**job_env(planned), "nnUNet_results": str(tmp_path / "results")}
     _, summary = run_under_warmer(cache, tmp_path / "run.json", train_command("990", "2d"), env)
     assert summary["fx_miss"] == 0 and summary["aot_miss"] == 0 and summary["fx_hit"] > 0, summary
+    assert summary["compiled_locally"] == 0, "the job built a kernel (a C++ compiler ran) in its local copy"
     assert sorted(cache.rglob("*.so")) == kernels, "a kernel was built: a C++ compiler ran"
 
 

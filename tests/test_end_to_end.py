@@ -37,10 +37,10 @@ def warmed(planned, e2e_cache, request) -> tuple[Path, list[dict]]:
 
 
 def _train_under_run(planned, cache: Path, configuration: str, tmp_path: Path, plans: str = "nnUNetPlans",
-                     env: dict[str, str] | None = None) -> dict:
+                     env: dict[str, str] | None = None, *options: str) -> dict:
     env = {**(env or job_env(planned)), "nnUNet_results": str(tmp_path / "results")}
     result, summary = run_under_warmer(cache, tmp_path / f"run-{configuration}.json",
-                                       train_command("990", configuration, plans), env)
+                                       train_command("990", configuration, plans), env, *options)
     assert "nnunet-warmer: FX graphs" in result.stderr.splitlines()[-1]
     # quiet: nothing from the compiler stack that says nothing about the job
     assert "No CUDA runtime is found" not in result.stderr and "torch.jit.interface" not in result.stderr
@@ -86,8 +86,8 @@ def test_damage_is_named_survived_by_training_then_repaired(planned, warmed, tmp
     """A copy of the warmed cache with each kind of file damaged, among those the 2d manifest lists: every FX
     entry truncated, every generated Python file garbled (torch crashes a job that imports one), two
     AOTAutograd entries garbled, three kernel `.so` files truncated; and the 3d_fullres manifest garbled.
-    `check` names them all and `status` says damaged; a real 2d training job started before anyone repaired
-    the cache exits 0, because `run` sets the 2d target's damage aside first (and only that: the 3d_fullres
+    `check` names them all and `status` says damaged; a real 2d training job started in place before anyone
+    repaired the cache exits 0, because `run` sets the 2d target's damage aside first (and only that: the 3d_fullres
     manifest is another target's); `warm` then re-warms, and the next training misses nothing."""
     cache, _ = warmed
     copy = tmp_path / "cache"
@@ -112,7 +112,7 @@ def test_damage_is_named_survived_by_training_then_repaired(planned, warmed, tmp
     assert status.returncode == 1 and status.stdout.startswith("damaged"), status.stdout
 
     (tmp_path / "unrepaired").mkdir()
-    unrepaired = _train_under_run(planned, copy, "2d", tmp_path / "unrepaired")
+    unrepaired = _train_under_run(planned, copy, "2d", tmp_path / "unrepaired", "nnUNetPlans", None, "--in-place")
     assert unrepaired["fx_miss"] > 0, unrepaired  # it compiled what was set aside
     moved = {p.relative_to(next((copy / "quarantine").iterdir())) for p in (copy / "quarantine").rglob("*")}
     assert {p.relative_to(copy) for p in damaged if p != manifest} <= moved
@@ -199,6 +199,7 @@ def test_one_closure_at_another_path_serves_real_training_without_building_kerne
     kernels = sorted(alone.rglob("*.so"))
     summary = _train_under_run(planned, alone, "2d", tmp_path)
     assert summary["fx_miss"] == 0 and summary["aot_miss"] == 0 and summary["fx_hit"] > 0, summary
+    assert summary["compiled_locally"] == 0, "the job built a kernel (or wrote other cache files) in its local copy"
     assert sorted(alone.rglob("*.so")) == kernels, "a kernel was built"
 
 

@@ -190,8 +190,9 @@ def test_damage_reaches_only_the_targets_whose_closure_holds_it(two_targets, cap
 
 
 def test_run_sets_aside_only_the_damage_of_its_commands_target(two_targets, tmp_path, capsys) -> None:
-    """A job of the 2d target on a cache where a file only the 3d_fullres target loads is garbled: the job starts
-    without moving anything, and the 3d_fullres target's damage waits for its own job or warm."""
+    """In place (`--in-place`): a job of the 2d target on a cache where a file only the 3d_fullres target loads is
+    garbled: the job starts without moving anything, and the 3d_fullres target's damage waits for its own job or
+    warm."""
     cache, manifests = two_targets
     only_3d = cache.root / ENTRIES["generated code"]
     only_3d.write_bytes(b"\x1b" + only_3d.read_bytes())
@@ -200,15 +201,16 @@ def test_run_sets_aside_only_the_damage_of_its_commands_target(two_targets, tmp_
     train.write_text("#!/bin/sh\nexit 0\n")
     train.chmod(0o755)
     for configuration, moved in (("2d", False), ("3d_fullres", True)):
-        assert main(["run", "--cache-dir", str(cache.root), "--", str(train), "Dataset990_WarmerDemo", configuration,
-                     "0", "-tr", TRAINER, "-device", "cpu"]) == 0
+        assert main(["run", "--in-place", "--cache-dir", str(cache.root), "--", str(train), "Dataset990_WarmerDemo",
+                     configuration, "0", "-tr", TRAINER, "-device", "cpu"]) == 0
         assert ("moved 2 damaged files" in capsys.readouterr().err) is moved
         assert only_3d.exists() is not moved and manifests["3d_fullres"].exists() is not moved
         assert manifests["2d"].exists()
 
 
 def test_run_of_a_target_without_a_manifest_checks_every_manifest(two_targets, tmp_path, capsys) -> None:
-    """A cold target's job may hit entries other targets' verifies listed, so its pre-job check reads them all."""
+    """In place: a cold target's job may hit entries other targets' verifies listed, so its pre-job check reads
+    them all."""
     cache, manifests = two_targets
     only_3d = cache.root / ENTRIES["generated code"]
     only_3d.write_bytes(b"\x1b" + only_3d.read_bytes())
@@ -216,8 +218,8 @@ def test_run_of_a_target_without_a_manifest_checks_every_manifest(two_targets, t
     train.parent.mkdir()
     train.write_text("#!/bin/sh\nexit 0\n")
     train.chmod(0o755)
-    assert main(["run", "--cache-dir", str(cache.root), "--", str(train), "Dataset990_WarmerDemo", "3d_lowres", "0",
-                 "-tr", TRAINER, "-device", "cpu"]) == 0
+    assert main(["run", "--in-place", "--cache-dir", str(cache.root), "--", str(train), "Dataset990_WarmerDemo",
+                 "3d_lowres", "0", "-tr", TRAINER, "-device", "cpu"]) == 0
     assert "moved 2 damaged files" in capsys.readouterr().err
     assert not only_3d.exists() and not manifests["3d_fullres"].exists() and manifests["2d"].exists()
 

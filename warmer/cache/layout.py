@@ -36,6 +36,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "nnunet-warmer"
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path`, or the nearest of its parents that exists (what decides whether it can be made)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
 @dataclass(frozen=True)
 class CacheDir:
     root: Path
@@ -107,11 +114,7 @@ class CacheDir:
 
     def require_writable(self) -> None:
         """Fail before any work if the directory (or the nearest existing parent) cannot be written."""
-        probe = self.root
-        while not probe.exists():
-            if probe.parent == probe:
-                break
-            probe = probe.parent
+        probe = nearest_existing(self.root)
         if probe.exists() and not probe.is_dir():
             raise UserError(f"cache dir {self.root}: {probe} is not a directory: pass another --cache-dir")
         if not os.access(probe, os.W_OK | os.X_OK):

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+from pathlib import Path
 
+from warmer.cache.staging import default_scratch
 from warmer.cli.options import add_cache_option, add_shapes_option, emit_json, job_environment, stderr, trusted_cache
 from warmer.demo import CPU_TRAINERS_DIR
-from warmer.run.runner import job_exports
+from warmer.errors import UserError
+from warmer.run.runner import job_exports, stage_targets
+from warmer.values.plans import resolve_dataset_name
+from warmer.values.targets import TargetKey
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eager", action="store_true",
                    help="also export nnUNet_compile=f: jobs run without torch.compile (for a GPU type that cannot "
                         "compile, as `status` says)")
+    p.add_argument("-d", metavar="DATASET",
+                   help="the job's dataset: with -c, export a node-local copy of its targets' closures instead of "
+                        "the shared cache (the job then needs only read access to it)")
+    p.add_argument("-c", nargs="+", metavar="CONFIG", help="the job's configurations (with -d)")
+    p.add_argument("-p", default="nnUNetPlans", metavar="PLANS", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("-tr", default="nnUNetTrainer", metavar="TRAINER", help="trainer class (default nnUNetTrainer)")
+    p.add_argument("--scratch", metavar="DIR",
+                   help="node-local folder for that copy (default: $SLURM_TMPDIR, then $TMPDIR, then /tmp)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -28,6 +42,12 @@ def run(args: argparse.Namespace) -> int:
     if not cache.root.is_dir():  # still exit 0: the job runs, only it compiles everything itself
         stderr(f"nnunet-warmer: warning: cache dir {cache.root} does not exist, so this job compiles cold: check "
                f"--cache-dir, or warm it first")
+    if bool(args.d) != bool(args.c):
+        raise UserError("-d and -c go together: name the job's dataset and configurations, or neither")
+    if args.d:
+        keys = [TargetKey(resolve_dataset_name(args.d), args.p, configuration, args.tr) for configuration in args.c]
+        scratch = Path(args.scratch) if args.scratch else default_scratch(dict(os.environ))
+        cache = stage_targets(cache, keys, scratch, stderr).local
     trainer_folders = [CPU_TRAINERS_DIR] if args.cpu_trainers else []
     variables = job_exports(cache, args.shapes, trainer_folders, job_environment(args), args.eager)
     if args.json:

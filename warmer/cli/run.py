@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from warmer.cli.options import add_cache_option, add_shapes_option, job_environment, stderr, trusted_cache
@@ -18,18 +19,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eager-if-cannot-compile", action="store_true",
                    help="when a warm found that this node type cannot compile the command's target (`status` says "
                         "cannot-compile), run it eager (nnUNet_compile=f) instead of refusing it")
+    p.add_argument("--scratch", metavar="DIR",
+                   help="node-local folder for the copy of the command's target that nnUNetv2_train and "
+                        "nnUNetv2_predict run on (default: $SLURM_TMPDIR, then $TMPDIR, then /tmp)")
+    p.add_argument("--in-place", action="store_true",
+                   help="run on the shared cache itself instead of a node-local copy (torch must be able to write "
+                        "it; for a cache on this host's own disk)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from warmer.cache.staging import default_scratch
     from warmer.run.runner import run_and_record
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UserError("no command given: nnunet-warmer run -- nnUNetv2_train DATASET CONFIG FOLD")
+    scratch = None if args.in_place else Path(args.scratch) if args.scratch else default_scratch(dict(os.environ))
     summary = run_and_record(command, trusted_cache(args), job_environment(args), report=stderr,
-                             eager_if_cannot_compile=args.eager_if_cannot_compile)
+                             eager_if_cannot_compile=args.eager_if_cannot_compile, scratch=scratch)
     if args.json:
         Path(args.json).write_text(json.dumps(summary.to_dict(), indent=1))
     return summary.exit_code

@@ -1,11 +1,15 @@
 """Stage 5: run any command (nnUNetv2_train, nnUNetv2_predict) on the cache and report what torch compiled.
 
 The command gets the cache environment plus the hooks on PYTHONPATH; each of its Python processes leaves a
-counters record, and the summary adds them up. The command's exit code is returned unchanged. Torch would load
-a garbled cache entry and crash the job, so entries that no longer match their manifest's checksums are set
-aside before the command starts: those of the command's target (every fingerprint of it) for nnU-Net's train
-and predict commands whose target has a manifest; those of every manifest for a command whose target cannot be
-read off its arguments or has none (its graphs may hit entries that other targets' verifies listed).
+counters record, and the summary adds them up. The command's exit code is returned unchanged.
+
+An nnU-Net train or predict command runs on a node-local copy of its target's closure (`cache/staging.py`): the
+job reads the shared cache once, checks every byte it copies, writes nothing there, and needs only read access.
+Any other command, or any command with `--in-place`, runs on the shared cache itself, which torch must be able to
+write. Torch would load a garbled cache entry and crash the job, so in place, entries that no longer match their
+manifest's checksums are set aside before the command starts: those of the command's target (every fingerprint of
+it) when its target has a manifest; those of every manifest otherwise (its graphs may hit entries that other
+targets' verifies listed).
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import warmer
+from warmer.cache.checksums import cache_entries
 from warmer.cache.findings import findings_of
 from warmer.cache.integrity import manifest_files, set_aside
-from warmer.cache.layout import CacheDir
+from warmer.cache.layout import CacheDir, nearest_existing
 from warmer.cache.manifest import read_manifests
+from warmer.cache.staging import StagedCopy, stage
 from warmer.errors import UserError
 from warmer.hooks import nnunet_warmer_hook_variables as hook
 from warmer.ledger import records
@@ -34,7 +40,7 @@ from warmer.run.command import NnunetCommand, parse_nnunet_command
 from warmer.run.explain import explain_misses
 from warmer.values.capability import EAGER_VALUE, EAGER_VARIABLE
 from warmer.values.counters import Counters, total
-from warmer.values.fingerprint import HostEnvironment
+from warmer.values.fingerprint import HostEnvironment, same_releases_here
 from warmer.values.profiles import CACHE_DIR_VARIABLE, JobEnvironment, hooks_pythonpath, profile_environment
 from warmer.values.targets import TargetKey
 
@@ -43,7 +49,8 @@ from warmer.values.targets import TargetKey
 class RunSummary:
     """What a wrapped command did: its exit code and wall time, and torch's counters summed over its processes.
 
-    `per_process` holds each Python process's own record, as its probe wrote it (JSON)."""
+    `per_process` holds each Python process's own record, as its probe wrote it (JSON). `local_copy`: the node-local
+    copy it ran on (None: in place), and `compiled_locally` the files it added there."""
 
     command: list[str]
     cache_dir: Path
@@ -53,6 +60,8 @@ class RunSummary:
     per_process: list[dict[str, Any]]
     estimated_seconds_saved: float = 0.0
     explanation: str | None = None
+    local_copy: Path | None = None
+    compiled_locally: int = 0
 
     @property
     def processes(self) -> int:
@@ -65,7 +74,8 @@ class RunSummary:
         return {**self.counters.to_dict(), "processes": self.processes, "exit_code": self.exit_code,
                 "wall_seconds": self.wall_seconds, "command": self.command, "cache_dir": str(self.cache_dir),
                 "per_process": self.per_process, "estimated_seconds_saved": self.estimated_seconds_saved,
-                "explanation": self.explanation}
+                "explanation": self.explanation, "local_copy": str(self.local_copy) if self.local_copy else None,
+                "compiled_locally": self.compiled_locally}
 
     def describe(self) -> str:
         return (f"{self.counters.describe()} in {self.processes} process(es); wall {self.wall_seconds:.1f} s; "
@@ -162,22 +172,76 @@ def _eager_if_cannot_compile(cache: CacheDir, target: NnunetCommand | None, envi
     return {EAGER_VARIABLE: EAGER_VALUE}
 
 
+def unwritable_part(cache: CacheDir) -> Path | None:
+    """The folder of the cache dir this user cannot write where torch needs to (its lock files, generated code, even
+    when every graph hits), or None."""
+    folder = nearest_existing(cache.torch_locks)
+    return None if os.access(folder, os.W_OK) else folder
+
+
+def cannot_write(folder: Path, target: NnunetCommand | None) -> str:
+    fix = ("run it without --in-place, on a node-local copy of its target" if target else
+           "nnunet-warmer runs a command whose target it cannot read off its arguments on the shared cache itself; "
+           "run nnUNetv2_train or nnUNetv2_predict under it directly (they get a node-local copy)")
+    return (f"this user cannot write {folder}, and torch writes its cache dir even when every graph hits (lock files, "
+            f"generated code): {fix}, or ask the cache's owner for write access")
+
+
+def stage_targets(cache: CacheDir, keys: list[TargetKey], scratch: Path, report: Reporter) -> StagedCopy:
+    """This user's node-local copy of the closures of `keys` (their manifests verified with this host's releases),
+    brought up to date; says what it copied and what it could not."""
+    manifests = [m for key in keys for m in read_manifests(cache, key) if same_releases_here(m.fingerprint)]
+    staged = stage(cache, manifests, scratch)
+    report(f"nnunet-warmer: {staged.describe()}")
+    if staged.rejected:
+        report(f"nnunet-warmer: {len(staged.rejected)} files did not match their manifest's checksum and were not "
+               f"copied (first: {staged.rejected[0]}): this job compiles what they held, locally; `nnunet-warmer "
+               f"check` names them and `nnunet-warmer warm` of the target repairs them")
+    return staged
+
+
+def _run_on_local_copy(command: list[str], cache: CacheDir, target: NnunetCommand, environment: JobEnvironment,
+                       extra_env: dict[str, str], scratch: Path, report: Reporter,
+                       output: IO[str] | None) -> RunSummary:
+    """Stage the target's closures and run on that copy."""
+    staged = stage_targets(cache, [target.key], scratch, report)
+    before = set(cache_entries(staged.local))
+    summary = run_command(command, staged.local, environment, extra_env, output=output)
+    added = set(cache_entries(staged.local)) - before
+    if added:
+        report(f"nnunet-warmer: this job compiled {len(added)} files into its node-local copy {staged.local.root}; "
+               f"they stay there, unpublished: `nnunet-warmer warm` the target to share them")
+    return dataclasses.replace(summary, cache_dir=cache.root, local_copy=staged.local.root,
+                               compiled_locally=len(added))
+
+
 def run_and_record(command: list[str], cache: CacheDir, environment: JobEnvironment, report: Reporter,
-                   output: IO[str] | None = None, eager_if_cannot_compile: bool = False) -> RunSummary:
-    """`nnunet-warmer run`: refuse (or run eager) a job this node cannot compile, set damage aside, run, explain
+                   output: IO[str] | None = None, eager_if_cannot_compile: bool = False,
+                   scratch: Path | None = None) -> RunSummary:
+    """`nnunet-warmer run`: refuse (or run eager) a job this node cannot compile, run it on a node-local copy of its
+    target in `scratch` (None, or a command whose target is unknown: in place, after setting damage aside), explain
     misses, append to the ledger, report the summary."""
     target: NnunetCommand | None = parse_nnunet_command(command)
     eager = _eager_if_cannot_compile(cache, target, environment, eager_if_cannot_compile, report)
-    checked = [target.key] if target and manifest_files(cache, [target.key]) else None
-    with tempfile.TemporaryDirectory(prefix="nnunet-warmer-private-cache-") as private:
-        extra_env = {**_private_cache_if_damaged(cache, report, Path(private), checked), **eager}
-        summary = run_command(command, cache, environment, extra_env, output=output)
+    if target is not None and scratch is not None:
+        summary = _run_on_local_copy(command, cache, target, environment, eager, scratch, report, output)
+    else:
+        unwritable = unwritable_part(cache)
+        if unwritable is not None and target is not None:
+            raise UserError(cannot_write(unwritable, target))
+        checked = [target.key] if target and manifest_files(cache, [target.key]) else None
+        with tempfile.TemporaryDirectory(prefix="nnunet-warmer-private-cache-") as private:
+            private_env = _private_cache_if_damaged(cache, report, Path(private), checked)
+            summary = run_command(command, cache, environment, {**private_env, **eager}, output=output)
+        if unwritable is not None and not private_env and summary.exit_code != 0:
+            summary = dataclasses.replace(summary, explanation=cannot_write(unwritable, target))
     summary = dataclasses.replace(
         summary,
         estimated_seconds_saved=estimated_seconds_saved(cache, target.key if target else None,
                                                         summary.counters.compile_seconds),
-        explanation=explain_misses(cache, target, summary.counters, environment))
-    ledger_fields = {k: v for k, v in summary.to_dict().items() if k not in ("per_process", "command", "cache_dir")}
+        explanation=summary.explanation or explain_misses(cache, target, summary.counters, environment))
+    ledger_fields = {k: v for k, v in summary.to_dict().items()
+                     if k not in ("per_process", "command", "cache_dir", "local_copy")}
     records.append_or_warn(cache, {"kind": "run", "command": command, **(target.ledger_fields() if target else {}),
                                    "gpu_name": ", ".join(summary.gpu_names()), **ledger_fields}, report)
     if summary.explanation:

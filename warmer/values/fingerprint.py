@@ -96,6 +96,17 @@ def target_fingerprint(dp: DatasetPlans, target: Target, environment: JobEnviron
     return fingerprint
 
 
+def same_releases_here(fingerprint: dict[str, str]) -> bool:
+    """Whether a fingerprint names this host's Python, torch and nnU-Net releases, read without importing torch (a
+    job's wrapper must not pay that): a cheap first cut that keeps every manifest a job on this host can use."""
+    def release(version: str) -> str:
+        return version.split("+", 1)[0]
+
+    return (fingerprint.get("python") == platform.python_version()
+            and release(fingerprint.get("torch", "")) == release(_version("torch"))
+            and fingerprint.get("nnunetv2") == _version("nnunetv2"))
+
+
 def fingerprint_id(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:20]
 
