@@ -24,6 +24,10 @@ from warmer.values.targets import Target
 from .helpers import BIN, CPU_TRAINER, job_env, train_command, warm_e2e_cache
 from .test_bad_input_table import tree_hash
 
+# `nobody`, able to read and search everything (this machine's Python lives under /root, mode 0700) and to write
+# nothing it does not own: a training user with read access only
+READ_ONLY_USER = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=+dac_read_search",
+                  "--ambient-caps=+dac_read_search"]
 FILES = {"fx": "inductor/fxgraph/ab/fabcdef/entry", "so": "inductor/xy/cxyz.so", "py": "inductor/xy/cxyz.py",
          "other": "inductor/zz/czz.py"}
 
@@ -164,14 +168,17 @@ def test_a_user_who_may_only_read_the_cache_trains_warm_from_a_local_copy(planne
             for name in files:
                 os.chown(Path(folder) / name, 0, 0)
                 os.chmod(Path(folder) / name, 0o644)
+        for folder, _, files in os.walk(shared / "preprocessed"):  # the dataset is the user's (nnU-Net writes its
+            for path in [Path(folder), *(Path(folder) / name for name in files)]:  # splits there); the cache is not
+                os.chown(path, 65534, 65534)
         os.chown(shared / "results", 65534, 65534)
         before = tree_hash(shared / "cache")
-        env = {**job_env(planned), "nnUNet_preprocessed": str(shared / "preprocessed"),
+        env = {**os.environ, **job_env(planned), "nnUNet_preprocessed": str(shared / "preprocessed"),
                "nnUNet_results": str(shared / "results"), "HOME": str(shared / "results")}
         summary_file = shared / "results" / "run.json"
-        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                                 str(BIN / "nnunet-warmer"), "run", "--cache-dir", str(shared / "cache"), "--json",
-                                 str(summary_file), "--", *train_command("990", "2d")],
+        result = subprocess.run([*READ_ONLY_USER, str(BIN / "nnunet-warmer"), "run", "--cache-dir",
+                                 str(shared / "cache"), "--json", str(summary_file), "--",
+                                 *train_command("990", "2d")],
                                 capture_output=True, text=True, timeout=1800, cwd=shared / "results", env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         summary = json.loads(summary_file.read_text())

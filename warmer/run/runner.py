@@ -211,8 +211,13 @@ def _run_on_local_copy(command: list[str], cache: CacheDir, target: NnunetComman
     if added:
         report(f"nnunet-warmer: this job compiled {len(added)} files into its node-local copy {staged.local.root}; "
                f"they stay there, unpublished: `nnunet-warmer warm` the target to share them")
+    explanation = None
+    if staged.rejected and summary.counters.misses:
+        explanation = (f"{summary.counters.misses} misses: {len(staged.rejected)} files of the target's closure did "
+                       f"not match their checksum and were left out of the node-local copy (above); `nnunet-warmer "
+                       f"warm` of the target repairs them")
     return dataclasses.replace(summary, cache_dir=cache.root, local_copy=staged.local.root,
-                               compiled_locally=len(added))
+                               compiled_locally=len(added), explanation=explanation)
 
 
 def run_and_record(command: list[str], cache: CacheDir, environment: JobEnvironment, report: Reporter,
