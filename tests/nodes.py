@@ -2,7 +2,8 @@
 
 Each node is a mount namespace and a UTS namespace of its own: its own FUSE mount of the volume at `NODE_MOUNT`
 (default, caching mount options: what one client sees of another's writes lags as on NFS), its own hostname and
-its own /tmp (node-local scratch). Commands run inside a node through `nsenter`. The host's own mount at
+its own /tmp (node-local scratch; a checkout of this repository under /tmp stays visible there). Commands run
+inside a node through `nsenter`. The host's own mount at
 `HOST_MOUNT` plays the login node; `BRICK` is the server's copy, which no client cache sits in front of.
 """
 
@@ -21,6 +22,7 @@ BRICK = STATE / "brick"
 HOST_MOUNT = Path("/mnt/nnunet-warmer-gluster-host")
 NODE_MOUNT = Path("/mnt/nnunet-warmer-shared")
 SERVER, VOLUME = "127.0.0.2", "warmer"
+REPOSITORY = Path(__file__).resolve().parent.parent  # the nodes run its virtual environment and trainers
 
 
 def gluster_up() -> bool:
@@ -44,8 +46,14 @@ class Node:
         shutil.rmtree(self.tmp.parent, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         self.tmp.chmod(0o1777)
-        script = (f"hostname {name} && mount -t glusterfs {SERVER}:/{VOLUME} {NODE_MOUNT} && "
-                  f"mount --bind {self.tmp} /tmp && echo ready && exec -a 'nnunet-warmer-node {name}' sleep infinity")
+        host_tmp = self.tmp.parent / "host-tmp"  # the host's /tmp, for what must stay visible under the node's
+        host_tmp.mkdir()
+        keep = [p.relative_to("/tmp") for p in (REPOSITORY,) if p.is_relative_to("/tmp")]  # a checkout in /tmp
+        script = " && ".join([
+            f"hostname {name}", f"mount -t glusterfs {SERVER}:/{VOLUME} {NODE_MOUNT}",
+            f"mount --bind /tmp {host_tmp}", f"mount --bind {self.tmp} /tmp",
+            *(f"mkdir -p /tmp/{k} && mount --bind {host_tmp}/{k} /tmp/{k}" for k in keep),
+            "echo ready", f"exec -a 'nnunet-warmer-node {name}' sleep infinity"])
         self._unshare = subprocess.Popen(["unshare", "--mount", "--uts", "--propagation", "private", "--fork",
                                           "bash", "-c", script], stdout=subprocess.PIPE, text=True)
         assert self._unshare.stdout is not None
