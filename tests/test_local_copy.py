@@ -104,6 +104,22 @@ def test_the_next_job_of_the_target_reuses_the_copy_and_takes_what_changed(tmp_p
     assert (local.root / FILES["so"]).read_bytes() == (cache.root / FILES["so"]).read_bytes()
 
 
+def test_concurrent_jobs_of_a_target_on_a_node_share_one_copy(tmp_path) -> None:
+    """Folds started at once on one node: each job waits for the other's staging and finds the files there."""
+    cache = _shared_cache(tmp_path / "cache")
+    train, scratch = _fake_train(tmp_path / "bin"), tmp_path / "scratch"
+    jobs = [subprocess.Popen([str(BIN / "nnunet-warmer"), "run", "--cache-dir", str(cache.root), "--scratch",
+                              str(scratch), "--", str(train), "Dataset990_WarmerDemo", "2d", str(fold), "-tr",
+                              CPU_TRAINER, "-device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for fold in range(4)]
+    outputs = [job.communicate(timeout=300) for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * 4, [err for _, err in outputs]
+    copied = sorted(int(err.split(": ", 2)[2].split(" files")[0]) for _, err in outputs)
+    assert copied == [0, 0, 0, 3], [err for _, err in outputs]  # one job copied, the others found the files
+    local = local_copy_of(cache, scratch)
+    for name in ("fx", "so", "py"):
+        assert (local.root / FILES[name]).read_bytes() == (cache.root / FILES[name]).read_bytes()
+
 def test_a_scratch_folder_someone_else_could_write_is_refused(tmp_path, capsys) -> None:
     cache = _shared_cache(tmp_path / "cache")
     scratch = tmp_path / "scratch"
