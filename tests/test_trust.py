@@ -61,3 +61,18 @@ def test_a_new_cache_dir_is_setgid_and_respects_the_umask(tmp_path, umask: int, 
     for folder in (cache.root, cache.manifests):
         assert stat.S_IMODE(os.stat(folder).st_mode) == mode, folder
         assert os.stat(folder).st_gid == os.stat(cache.root).st_gid
+
+
+def test_a_file_renamed_away_during_the_check_is_no_error(tmp_path: Path, monkeypatch) -> None:
+    """Another node's writer renames its temp file between the walk listing it and the check looking at it."""
+    from warmer.cache import trust
+
+    cache, entry = _cache_with_entry(tmp_path)
+    real_walk = os.walk
+
+    def walk_listing_a_vanished_temp(top):  # as a walk that raced a writer's rename sees the folder
+        for folder, dirs, files in real_walk(top):
+            yield folder, dirs, [*files, ".entry.node-b.1234.tmp"] if Path(folder) == entry.parent else files
+
+    monkeypatch.setattr(trust.os, "walk", walk_listing_a_vanished_temp)
+    assert trust.untrusted_entries(cache) == []

@@ -39,7 +39,10 @@ def untrusted_entries(root: Path) -> list[str]:
     for folder, dirs, files in os.walk(root):
         paths.extend(Path(folder) / name for name in (*dirs, *files))
     for path in paths:
-        info = os.lstat(path)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:  # a writer's temp file renamed (or a file removed) since the walk listed it
+            continue
         if info.st_mode & stat.S_IWOTH and not stat.S_ISLNK(info.st_mode):
             found.append(f"{path} is world-writable")
         elif info.st_uid not in (me, 0) and info.st_gid not in groups:

@@ -30,8 +30,8 @@ from warmer.cache.checksums import cache_entries
 from warmer.cache.findings import findings_of
 from warmer.cache.integrity import manifest_files, set_aside
 from warmer.cache.layout import CacheDir, nearest_existing
-from warmer.cache.manifest import read_manifests
-from warmer.cache.staging import StagedCopy, stage
+from warmer.cache.manifest import read_manifest_files, read_manifests
+from warmer.cache.staging import RETRY_AFTER_SECONDS, StagedCopy, stage
 from warmer.errors import UserError
 from warmer.hooks import nnunet_warmer_hook_variables as hook
 from warmer.ledger import records
@@ -190,7 +190,15 @@ def cannot_write(folder: Path, target: NnunetCommand | None) -> str:
 def stage_targets(cache: CacheDir, keys: list[TargetKey], scratch: Path, report: Reporter) -> StagedCopy:
     """This user's node-local copy of the closures of `keys` (their manifests verified with this host's releases),
     brought up to date; says what it copied and what it could not."""
-    manifests = [m for key in keys for m in read_manifests(cache, key) if same_releases_here(m.fingerprint)]
+    manifests, unreadable = read_manifest_files(manifest_files(cache, keys))
+    if unreadable:  # on a network file system, one being replaced by another node can read as ESTALE or empty
+        time.sleep(RETRY_AFTER_SECONDS)
+        again, unreadable = read_manifest_files(unreadable)
+        manifests += again
+    for path in unreadable:
+        report(f"nnunet-warmer: manifest {path} does not parse, so this job compiles what it lists, locally; "
+               f"`nnunet-warmer warm` of the target writes it again")
+    manifests = [m for m in manifests if same_releases_here(m.fingerprint)]
     staged = stage(cache, manifests, scratch)
     report(f"nnunet-warmer: {staged.describe()}")
     if staged.rejected:
