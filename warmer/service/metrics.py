@@ -31,12 +31,19 @@ class ServiceMetrics:
                                "When the last pass over every target ended (Unix time)", registry=self.registry)
         for outcome in ("done", "failed"):
             self.warms.labels(outcome)
-        if port is not None:
-            try:
-                client.start_http_server(port, addr=address, registry=self.registry)
-            except OSError as e:
-                raise UserError(f"cannot serve metrics on {address}:{port} ({e.strerror}): pass another "
-                                f"--metrics-port") from None
+        self.port, self.address = port, address
+
+    def serve(self) -> None:
+        """Start the HTTP server of `--metrics-port`, if asked for. The service calls this once its SIGTERM handler
+        is in place: in a container it is PID 1, which ignores a SIGTERM it does not handle, so a `docker stop`
+        right after the port opened waited out its timeout and ended in SIGKILL."""
+        if self.port is None:
+            return
+        try:
+            prometheus().start_http_server(self.port, addr=self.address, registry=self.registry)
+        except OSError as e:
+            raise UserError(f"cannot serve metrics on {self.address}:{self.port} ({e.strerror}): pass another "
+                            f"--metrics-port") from None
 
     def record_pass(self, states: dict[str, int], unreadable: int, end: float) -> None:
         for state in STATES:

@@ -219,6 +219,8 @@ def watch(request: WatchRequest, cache: CacheDir, environment: JobEnvironment, r
            f"{request.interval:g} s; cache {cache.root}")
     with stop_on_signals():
         try:
+            if metrics is not None:
+                metrics.serve()
             watcher.serve()
         except StopRequested as e:
             report(f"stopped on {e}")
