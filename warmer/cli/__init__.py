@@ -10,9 +10,12 @@ import argparse
 import contextlib
 import errno
 import os
+import platform
 import sys
 import warnings
+from importlib import metadata
 
+from warmer import __version__
 from warmer.cli import check, demo, env, export, gc, import_, ls, run, stats, status, submit, warm, watch
 from warmer.cli import list as list_command
 from warmer.cli.options import stderr
@@ -26,10 +29,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nnunet-warmer",
         description="Precompile the graphs nnU-Net v2 hands to torch.compile into a shared cache, prove from a "
                     "fresh process that they hit, and start training warm.")
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print the versions of nnunet-warmer, Python, torch and nnunetv2, and exit")
     sub = parser.add_subparsers(dest="cmd", required=True)
     for command in COMMANDS:
         command.register(sub)
     return parser
+
+
+def version_line() -> str:
+    """Ours and the versions the cache keys depend on most, read from the installed metadata (nothing imported)."""
+    installed = {}
+    for distribution in ("torch", "nnunetv2"):
+        try:
+            installed[distribution] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            installed[distribution] = "absent"
+    return (f"nnunet-warmer {__version__} (Python {platform.python_version()}, torch {installed['torch']}, "
+            f"nnunetv2 {installed['nnunetv2']})")
 
 
 def entry() -> None:
