@@ -134,7 +134,9 @@ def test_members_outside_the_cache_entries_are_refused(planned, bundle, tmp_path
     assert not any(tmp_path.rglob("escaped.py"))
 
 
-def test_a_bundle_from_another_environment_needs_the_flag_and_is_stale(planned, bundle, tmp_path) -> None:
+def another_environments_bundle(bundle: Path, to: Path) -> Path:
+    """`bundle` as if verified under torch 2.0.0+elsewhere (index, checksums, fingerprint id and trailer made
+    consistent), written to `to`."""
     members = read_members(bundle)
     index = json.loads(members[INDEX_NAME])
     (old_name,) = [name for name in members if name.startswith("manifests/")]
@@ -145,8 +147,12 @@ def test_a_bundle_from_another_environment_needs_the_flag_and_is_stale(planned, 
     members[new_name] = json.dumps(manifest).encode()
     index["targets"][0].update(manifest=new_name, fingerprint=manifest["fingerprint"])
     members[INDEX_NAME] = json.dumps(index).encode()
-    other = tmp_path / "other.bundle"
-    write_bundle(other, members)
+    write_bundle(to, members)
+    return to
+
+
+def test_a_bundle_from_another_environment_needs_the_flag_and_is_stale(planned, bundle, tmp_path) -> None:
+    other = another_environments_bundle(bundle, tmp_path / "other.bundle")
     cache = tmp_path / "cache"
     assert_refused(import_into(cache, other, planned), "another environment", "torch", "--allow-other-environment")
     assert not cache.exists()
