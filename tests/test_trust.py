@@ -3,6 +3,7 @@ folders are group-shareable."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -75,4 +76,20 @@ def test_a_file_renamed_away_during_the_check_is_no_error(tmp_path: Path, monkey
             yield folder, dirs, [*files, ".entry.node-b.1234.tmp"] if Path(folder) == entry.parent else files
 
     monkeypatch.setattr(trust.os, "walk", walk_listing_a_vanished_temp)
+    assert trust.untrusted_entries(cache) == []
+
+
+def test_a_stale_handle_during_the_check_is_no_error(tmp_path: Path, monkeypatch) -> None:
+    """On GlusterFS (and NFS) a file another node renamed away can read as ESTALE rather than ENOENT."""
+    from warmer.cache import trust
+
+    cache, entry = _cache_with_entry(tmp_path)
+    real_lstat = os.lstat
+
+    def lstat_of_a_replaced_file(path, *args, **kwargs):
+        if Path(path) == entry:
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), str(path))
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(trust.os, "lstat", lstat_of_a_replaced_file)
     assert trust.untrusted_entries(cache) == []

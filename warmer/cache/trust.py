@@ -10,6 +10,7 @@ from your umask.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pwd
 import stat
@@ -41,8 +42,10 @@ def untrusted_entries(root: Path) -> list[str]:
     for path in paths:
         try:
             info = os.lstat(path)
-        except FileNotFoundError:  # a writer's temp file renamed (or a file removed) since the walk listed it
-            continue
+        except OSError as e:  # a writer's temp file renamed (or a file removed) since the walk listed it; on a
+            if e.errno in (errno.ENOENT, errno.ESTALE):  # network file system that may read as a stale handle
+                continue
+            raise
         if info.st_mode & stat.S_IWOTH and not stat.S_ISLNK(info.st_mode):
             found.append(f"{path} is world-writable")
         elif info.st_uid not in (me, 0) and info.st_gid not in groups:
