@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from warmer.cli import main
 from warmer.pipeline.warm import free_local_port
+from warmer.service.metrics import ServiceMetrics
 
 from .helpers import BIN, CPU_TRAINER, cli, job_env, target_args
 
@@ -242,3 +245,27 @@ def test_every_systemd_unit_verifies(tmp_path):
     names = [name.replace("@.", "@4.") for name in sorted(p.name for p in units)]
     result = subprocess.run(["systemd-analyze", "verify", *names], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_the_metrics_port_opens_only_once_sigterm_is_handled(nnunet_env, tmp_path, monkeypatch, capsys) -> None:
+    """As a container's PID 1 the service ignores a SIGTERM it does not handle: the port that tells the world it is
+    up opens after the handler is set. A port already taken is one line, before the service says it watches."""
+    handlers = []
+
+    def serve(self) -> None:
+        handlers.append(signal.getsignal(signal.SIGTERM))
+        raise KeyboardInterrupt  # ends the service right there
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ServiceMetrics, "serve", serve)
+        args = ["watch", "--cache-dir", str(tmp_path / "cache"), "--metrics-port", str(free_local_port())]
+        assert main(args) == 130
+    assert len(handlers) == 1 and callable(handlers[0]), handlers
+    capsys.readouterr()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["watch", "--cache-dir", str(tmp_path / "cache"), "--metrics-port",
+                     str(taken.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot serve metrics" in err and "--metrics-port" in err, err

@@ -215,12 +215,12 @@ def watch(request: WatchRequest, cache: CacheDir, environment: JobEnvironment, r
           metrics: ServiceMetrics | None) -> int:
     """Run until SIGTERM or SIGINT; exit code 0 then."""
     watcher = Watcher(request, cache, environment, report, metrics)
-    report(f"watching {', '.join(request.datasets) or 'every dataset in nnUNet_preprocessed'} every "
-           f"{request.interval:g} s; cache {cache.root}")
     with stop_on_signals():
         try:
             if metrics is not None:
                 metrics.serve()
+            report(f"watching {', '.join(request.datasets) or 'every dataset in nnUNet_preprocessed'} every "
+                   f"{request.interval:g} s; cache {cache.root}")
             watcher.serve()
         except StopRequested as e:
             report(f"stopped on {e}")
