@@ -38,3 +38,18 @@ def test_lock_wait_timeout_is_a_one_line_error(nnunet_env, tmp_path: Path) -> No
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("nnunet-warmer: error: lock wait timed out") and "--wait-timeout" in last
     assert not (cache.root / "manifests").exists()
+
+
+def test_the_lock_file_outlives_its_holders(tmp_path: Path) -> None:
+    """The target lock is a flock on one file that stays, one inode for every holder: a lock file unlinked on
+    release lets a waiter on another network-file-system client, whose cache still shows the old file, lock
+    another inode than the next holder's."""
+    from warmer.cache.locking import LockPolicy, target_lock
+
+    path = tmp_path / "locks" / "target.lock"
+    with target_lock(path, LockPolicy(), lambda _: None):
+        first = path.stat().st_ino
+    assert path.exists(), "the lock file went with its holder"
+    with target_lock(path, LockPolicy(), lambda _: None):
+        assert path.stat().st_ino == first
+    assert path.exists()

@@ -218,7 +218,10 @@ def test_two_warmers_of_one_target_on_a_and_b_compile_it_once(cluster) -> None:
     processes = [node.popen(command, cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for node in (cluster.a, cluster.b)]
     outputs = [p.communicate(timeout=1200) for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in outputs]
+    for node, process, (_, err) in zip("AB", processes, outputs, strict=True):
+        if process.returncode:
+            print(f"node {node}'s warm exited {process.returncode}:\n{err[-6000:]}")
+    assert [p.returncode for p in processes] == [0, 0]
     reports = [json.loads(out)["targets"][0] for out, _ in outputs]
     assert sorted(r["state"] for r in reports) == ["already-warm", "warm"], reports
     for report in reports:
