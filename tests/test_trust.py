@@ -93,3 +93,11 @@ def test_a_stale_handle_during_the_check_is_no_error(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(trust.os, "lstat", lstat_of_a_replaced_file)
     assert trust.untrusted_entries(cache) == []
+
+
+def test_a_cache_dir_made_by_another_warmer_at_the_same_moment_is_no_error(tmp_path: Path, monkeypatch) -> None:
+    """Two warmers started at once on a new cache dir both find it missing; the second mkdir finds it made."""
+    cache = CacheDir(tmp_path / "cache")
+    cache.root.mkdir()
+    monkeypatch.setattr(Path, "exists", lambda self: False if self == cache.root else os.path.exists(self))
+    make_shared_root(cache)

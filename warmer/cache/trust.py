@@ -70,7 +70,10 @@ def make_shared_root(cache: CacheDir) -> None:
         return
     umask = os.umask(0)
     os.umask(umask)
-    cache.root.mkdir(parents=True)
+    try:
+        cache.root.mkdir(parents=True)
+    except FileExistsError:  # another warmer made it at the same moment (seen on GlusterFS): that one sets it up
+        return
     os.chmod(cache.root, (0o777 & ~umask) | stat.S_ISGID)
 
 
