@@ -13,13 +13,13 @@ import os
 import platform
 import sys
 import warnings
-from importlib import metadata
 
 from warmer import __version__
 from warmer.cli import check, demo, env, export, gc, import_, ls, run, stats, status, submit, warm, watch
 from warmer.cli import list as list_command
 from warmer.cli.options import stderr
 from warmer.errors import UserError, WarmError
+from warmer.values.compat import installed_version
 
 COMMANDS = (list_command, warm, status, env, run, check, ls, gc, export, import_, submit, watch, stats, demo)
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nnunet-warmer",
         description="Precompile the graphs nnU-Net v2 hands to torch.compile into a shared cache, prove from a "
                     "fresh process that they hit, and start training warm.")
-    parser.add_argument("--version", action="version", version=version_line(),
+    parser.add_argument("--version", action=VersionAction,
                         help="print the versions of nnunet-warmer, Python, torch and nnunetv2, and exit")
     sub = parser.add_subparsers(dest="cmd", required=True)
     for command in COMMANDS:
@@ -37,16 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def version_line() -> str:
-    """Ours and the versions the cache keys depend on most, read from the installed metadata (nothing imported)."""
-    installed = {}
-    for distribution in ("torch", "nnunetv2"):
-        try:
-            installed[distribution] = metadata.version(distribution)
-        except metadata.PackageNotFoundError:
-            installed[distribution] = "absent"
-    return (f"nnunet-warmer {__version__} (Python {platform.python_version()}, torch {installed['torch']}, "
-            f"nnunetv2 {installed['nnunetv2']})")
+class VersionAction(argparse.Action):
+    """`--version`: ours and the versions the cache keys depend on most, looked up only when asked for (every
+    command builds this parser, a scheduler's `status` gate included)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:  # noqa: A002
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"nnunet-warmer {__version__} (Python {platform.python_version()}, torch "
+              f"{installed_version('torch')}, nnunetv2 {installed_version('nnunetv2')})")
+        parser.exit()
 
 
 def entry() -> None:

@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib import metadata
 
 from warmer.cache.layout import CacheDir
 from warmer.cache.locking import LockPolicy
@@ -31,6 +30,7 @@ from warmer.report import Reporter
 from warmer.service.backoff import Backoff
 from warmer.service.discovery import PlansWatch, find_datasets, plans_signature
 from warmer.service.metrics import ServiceMetrics
+from warmer.values.compat import installed_version
 from warmer.values.plans import DatasetPlans, resolve_dataset_name
 from warmer.values.profiles import JobEnvironment
 from warmer.values.targets import Target, TargetRequest, build_targets, check_request, resolve_device
@@ -77,13 +77,7 @@ def stop_on_signals() -> Iterator[None]:
 
 def installed_software() -> dict[str, str]:
     """Versions on disk now (not the ones imported), to notice an upgrade under a running service."""
-    versions = {}
-    for name in SOFTWARE:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
+    return {name: installed_version(name) for name in SOFTWARE}
 
 
 class Watcher:

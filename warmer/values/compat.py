@@ -18,6 +18,14 @@ TORCH_OLDEST, TORCH_NEWEST = (2, 7), (2, 14)
 TORCH_PIP = "pip install 'torch>=2.7,<2.15'"
 
 
+def installed_version(distribution: str) -> str:
+    """The version of `distribution` on disk (its metadata; nothing imported), or "absent"."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
 def _supported_version(package: str, version: str | None, oldest: tuple[int, int], newest: tuple[int, int],
                        pip: str, not_installed: str, not_supported: str) -> str:
     """The installed (or given) version of `package`; a one-line UserError when it is missing, unreadable or

@@ -11,22 +11,15 @@ import json
 import platform
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 from warmer.hooks.nnunet_warmer_hook_variables import RECOMPILE_LIMIT
+from warmer.values.compat import installed_version
 from warmer.values.plans import DatasetPlans, find_trainer_class, plans_hash, trainer_source_hash
 from warmer.values.profiles import CACHE_DIR_VARIABLE, CACHE_SWITCHES, JobEnvironment
 from warmer.values.targets import Target
 
 COMPILE_ENV_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_DYNAMO_", "TORCH_COMPILE_")
-
-
-def _version(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "absent"
 
 
 def device_description(device: str) -> dict[str, str]:
@@ -69,9 +62,9 @@ def software_fingerprint(environment: JobEnvironment) -> dict[str, str]:
         "torch": torch.__version__,
         "torch_git": getattr(torch.version, "git_version", "unknown"),
         "cuda": str(torch.version.cuda),
-        "triton": _version("triton"),
-        "nnunetv2": _version("nnunetv2"),
-        "dynamic_network_architectures": _version("dynamic_network_architectures"),
+        "triton": installed_version("triton"),
+        "nnunetv2": installed_version("nnunetv2"),
+        "dynamic_network_architectures": installed_version("dynamic_network_architectures"),
         "automatic_dynamic_shapes": str(environment.automatic_dynamic_shapes),
         "recompile_limit": environment.get(RECOMPILE_LIMIT, "default"),
         "cache_key_tag": environment.get("TORCH_COMPILE_CACHE_KEY_TAG", ""),
@@ -103,8 +96,8 @@ def same_releases_here(fingerprint: dict[str, str]) -> bool:
         return version.split("+", 1)[0]
 
     return (fingerprint.get("python") == platform.python_version()
-            and release(fingerprint.get("torch", "")) == release(_version("torch"))
-            and fingerprint.get("nnunetv2") == _version("nnunetv2"))
+            and release(fingerprint.get("torch", "")) == release(installed_version("torch"))
+            and fingerprint.get("nnunetv2") == installed_version("nnunetv2"))
 
 
 def fingerprint_id(fingerprint: dict[str, Any]) -> str:
