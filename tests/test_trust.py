@@ -14,7 +14,7 @@ from warmer.cache.layout import CacheDir
 from warmer.cache.trust import make_shared_root
 from warmer.cli import main
 
-from .helpers import target_args
+from .helpers import CPU_TRAINER, target_args
 
 
 def _cache_with_entry(tmp_path: Path) -> tuple[Path, Path]:
@@ -101,3 +101,76 @@ def test_a_cache_dir_made_by_another_warmer_at_the_same_moment_is_no_error(tmp_p
     cache.root.mkdir()
     monkeypatch.setattr(Path, "exists", lambda self: False if self == cache.root else os.path.exists(self))
     make_shared_root(cache)
+
+
+# Trust per target (issue 29): a job on a node-local copy checks what it copies, not the whole cache.
+# (the planted path, and whether a 2d job on a local copy loads it: its closure, its manifest, a folder above them,
+# or another target's file)
+PLANTED = [("closure", True), ("manifest", True), ("folder", True), ("root", True), ("outside", False)]
+
+
+def _planted_path(cache: CacheDir, where: str) -> Path:
+    from .test_local_copy import FILES
+
+    return {"closure": cache.root / FILES["so"], "manifest": next(cache.manifests.rglob("*.json")),
+            "folder": (cache.root / FILES["fx"]).parent.parent, "root": cache.root,
+            "outside": cache.root / FILES["other"]}[where]
+
+
+def _plant(path: Path, how: str) -> None:
+    if how == "world-writable":
+        os.chmod(path, os.lstat(path).st_mode | stat.S_IWOTH)
+    else:
+        os.chown(path, 65534, 65534)
+
+
+@pytest.mark.parametrize("how", [
+    "world-writable",
+    pytest.param("stranger", marks=pytest.mark.skipif(os.geteuid() != 0, reason="giving files away needs root"))])
+@pytest.mark.parametrize(("where", "loaded"), PLANTED)
+def test_a_job_on_a_local_copy_checks_only_what_it_copies(tmp_path, capsys, where: str, loaded: bool,
+                                                          how: str) -> None:
+    from .test_local_copy import _fake_train, _run, _shared_cache
+
+    cache = _shared_cache(tmp_path / "cache")
+    planted = _planted_path(cache, where)
+    _plant(planted, how)
+    code = _run(cache, _fake_train(tmp_path / "bin"), tmp_path / "scratch", tmp_path / "run.json")
+    err = capsys.readouterr().err
+    if loaded:
+        assert code == 2 and err.count("\n") == 1 and f"{planted} " in err and "--allow-untrusted-cache" in err, err
+        assert not (tmp_path / "scratch").exists(), "nothing was copied"
+    else:
+        assert code == 0, err
+        assert main(["check", "--cache-dir", str(cache.root)]) == 1
+        assert f"untrusted  {planted} " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("job", ["unknown target", "no manifest", "in place", "env without a target"])
+def test_a_job_that_may_load_anything_checks_the_whole_cache(tmp_path, capsys, job: str) -> None:
+    from .test_local_copy import _fake_train, _shared_cache
+
+    cache = _shared_cache(tmp_path / "cache")
+    outside = _planted_path(cache, "outside")
+    _plant(outside, "world-writable")
+    train = str(_fake_train(tmp_path / "bin"))
+    argv = {"unknown target": ["run", "--", "true"],
+            "no manifest": ["run", "--", train, "Dataset990_WarmerDemo", "3d_fullres", "0", "-tr", CPU_TRAINER],
+            "in place": ["run", "--in-place", "--", train, "Dataset990_WarmerDemo", "2d", "0", "-tr", CPU_TRAINER],
+            "env without a target": ["env"]}[job]
+    assert main([argv[0], "--cache-dir", str(cache.root), "--scratch" if argv[0] == "run" else "--json",
+                 *([str(tmp_path / "scratch")] if argv[0] == "run" else []), *argv[1:]]) == 2
+    assert f"{outside} is world-writable" in capsys.readouterr().err
+
+
+def test_status_and_env_of_a_target_check_its_closure_only(nnunet_env, tmp_path, capsys) -> None:
+    from .test_local_copy import _shared_cache
+
+    cache = _shared_cache(tmp_path / "cache")
+    _plant(_planted_path(cache, "outside"), "world-writable")
+    status = ["status", *target_args("2d", cache=cache.root)]
+    env = ["env", "--cache-dir", str(cache.root), "-d", "990", "-c", "2d", "-tr", CPU_TRAINER, "--scratch",
+           str(tmp_path / "scratch")]
+    assert main(status) != 2 and main(env) == 0, capsys.readouterr().err
+    _plant(_planted_path(cache, "closure"), "world-writable")
+    assert main(status) == 2 and main(env) == 2

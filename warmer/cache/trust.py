@@ -5,6 +5,12 @@ kernels and Python wrappers from it). A cache is trusted when nothing in it is w
 entry belongs to you, to root, or to a group you are in (a team cache: the group is who may write it).
 A cache dir the warmer creates is group-shareable: setgid, so entries keep its group, with permissions
 from your umask.
+
+A job that runs on a node-local copy of its target loads only what that target's manifests list, so it checks only
+that: the manifests, the files they list, and every folder from them up to the cache dir (one `lstat` each, however
+many other targets the cache holds). Everything else (a job on the shared cache itself, whose misses can load any
+file at a path torch computes; a job whose target is unknown or has no manifest that parses; `warm`) checks the
+whole cache.
 """
 
 from __future__ import annotations
@@ -17,8 +23,11 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from warmer.cache.integrity import manifest_files
 from warmer.cache.layout import CacheDir
+from warmer.cache.manifest import read_manifest_files
 from warmer.errors import UserError
+from warmer.values.targets import TargetKey
 
 OVERRIDE_FLAG = "--allow-untrusted-cache"
 
@@ -31,14 +40,33 @@ def _owner(uid: int) -> str:
 
 
 def untrusted_entries(root: Path) -> list[str]:
-    """What makes `root` unsafe to load code from, one phrase per offending path."""
+    """What makes the whole cache dir `root` unsafe to load code from, one phrase per offending path."""
     if not root.exists():
         return []
-    me, groups = os.geteuid(), {os.getegid(), *os.getgroups()}
-    found = []
     paths = [root]
     for folder, dirs, files in os.walk(root):
         paths.extend(Path(folder) / name for name in (*dirs, *files))
+    return _untrusted(paths)
+
+
+def untrusted_in_closures(cache: CacheDir, keys: list[TargetKey]) -> list[str] | None:
+    """What makes the part of the cache that jobs of `keys` load from a node-local copy unsafe: their manifests,
+    the files those list, and each folder above them up to the cache dir. None when no manifest of them parses (a
+    job then compiles into its copy what the whole cache may hold: check all of it)."""
+    paths = manifest_files(cache, keys)
+    manifests, _ = read_manifest_files(paths)
+    if not manifests:
+        return None
+    files = {*paths, *(cache.root / relative for m in manifests for relative in m.entries)}
+    folders = {cache.root}
+    for path in files:
+        folders.update(p for p in path.parents if p.is_relative_to(cache.root))
+    return _untrusted(sorted(folders) + sorted(files))
+
+
+def _untrusted(paths: list[Path]) -> list[str]:
+    me, groups = os.geteuid(), {os.getegid(), *os.getgroups()}
+    found = []
     for path in paths:
         try:
             info = os.lstat(path)
@@ -53,9 +81,12 @@ def untrusted_entries(root: Path) -> list[str]:
     return found
 
 
-def require_trusted(cache: CacheDir) -> None:
-    """Refuse, in one line, a cache others could have planted code in."""
-    found = untrusted_entries(cache.root)
+def require_trusted(cache: CacheDir, keys: list[TargetKey] | None = None) -> None:
+    """Refuse, in one line, a cache others could have planted code in: of the whole cache, or (`keys`) of what
+    jobs of those targets load from their node-local copy."""
+    found = untrusted_in_closures(cache, keys) if keys else None
+    if found is None:
+        found = untrusted_entries(cache.root)
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         raise UserError(f"cache dir {cache.root} is not safe to load code from: {found[0]}{more}; every training "

@@ -38,14 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cache = trusted_cache(args)
+    if bool(args.d) != bool(args.c):
+        raise UserError("-d and -c go together: name the job's dataset and configurations, or neither")
+    keys = [TargetKey(resolve_dataset_name(args.d), args.p, configuration, args.tr) for configuration in args.c
+            ] if args.d else None
+    cache = trusted_cache(args, keys)
     if not cache.root.is_dir():  # still exit 0: the job runs, only it compiles everything itself
         stderr(f"nnunet-warmer: warning: cache dir {cache.root} does not exist, so this job compiles cold: check "
                f"--cache-dir, or warm it first")
-    if bool(args.d) != bool(args.c):
-        raise UserError("-d and -c go together: name the job's dataset and configurations, or neither")
-    if args.d:
-        keys = [TargetKey(resolve_dataset_name(args.d), args.p, configuration, args.tr) for configuration in args.c]
+    if keys:
         scratch = Path(args.scratch) if args.scratch else default_scratch(dict(os.environ))
         cache = stage_targets(cache, keys, scratch, stderr).local
     trainer_folders = [CPU_TRAINERS_DIR] if args.cpu_trainers else []

@@ -13,7 +13,7 @@ from warmer.cache.locking import DEFAULT_LEASE_SECONDS, DEFAULT_WAIT_TIMEOUT, LO
 from warmer.cache.trust import OVERRIDE_FLAG, require_trusted
 from warmer.errors import UserError
 from warmer.values.profiles import PROFILES, JobEnvironment
-from warmer.values.targets import TargetRequest
+from warmer.values.targets import TargetKey, TargetRequest
 
 
 def stderr(message: str) -> None:
@@ -94,9 +94,10 @@ def existing_cache(args: argparse.Namespace) -> CacheDir:
     return cache
 
 
-def trusted_cache(args: argparse.Namespace) -> CacheDir:
-    """The cache dir of a command that loads code from it, refused when others could have planted code."""
+def trusted_cache(args: argparse.Namespace, keys: list[TargetKey] | None = None) -> CacheDir:
+    """The cache dir of a command that loads code from it, refused when others could have planted code in it, or
+    (`keys`: jobs that run on a node-local copy of these targets) in what those jobs load."""
     cache = CacheDir(Path(args.cache_dir))
     if not args.allow_untrusted_cache:
-        require_trusted(cache)
+        require_trusted(cache, keys)
     return cache

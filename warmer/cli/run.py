@@ -31,13 +31,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from warmer.cache.staging import default_scratch
+    from warmer.run.command import parse_nnunet_command
     from warmer.run.runner import run_and_record
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UserError("no command given: nnunet-warmer run -- nnUNetv2_train DATASET CONFIG FOLD")
     scratch = None if args.in_place else Path(args.scratch) if args.scratch else default_scratch(dict(os.environ))
-    summary = run_and_record(command, trusted_cache(args), job_environment(args), report=stderr,
+    target = parse_nnunet_command(command)
+    cache = trusted_cache(args, [target.key] if target is not None and scratch is not None else None)
+    summary = run_and_record(command, cache, job_environment(args), report=stderr,
                              eager_if_cannot_compile=args.eager_if_cannot_compile, scratch=scratch)
     if args.json:
         Path(args.json).write_text(json.dumps(summary.to_dict(), indent=1))

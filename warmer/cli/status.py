@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from warmer.values.targets import select_targets
 
     dp, targets = select_targets(target_request(args))
-    cache = trusted_cache(args)
+    cache = trusted_cache(args, [t.key for t in targets])
     environment = job_environment(args)
     statuses = [target_status(dp, t, cache, environment) for t in targets]
     if args.json:
