@@ -1,4 +1,5 @@
-"""Shared fixtures: synthetic datasets planned by nnU-Net's real planner, once per session."""
+"""Shared fixtures: synthetic datasets planned by nnU-Net's real planner, once per session; and how the tests are
+shared out between pytest-xdist's two workers."""
 
 from __future__ import annotations
 
@@ -21,6 +22,59 @@ def pytest_configure(config: pytest.Config) -> None:
     threads, and on CPU the thread count is part of inductor's cache keys (1 missed a graph warmed with 2)."""
     os.environ.setdefault("nnUNet_n_proc_DA", "1")
     os.environ.setdefault("nnUNet_def_n_proc", str(os.cpu_count()))
+
+
+# One worker per group: tests that share what is costly to make (a session or module fixture other than these cheap
+# ones, made once per worker) or a real service's global state (its marker: the SLURM queue, the gluster nodes).
+CHEAP_SHARED_FIXTURES = {"planned", "tmp_path_factory", "worker_id", "testrun_uid"}
+SERVICE_MARKERS = ("slurm", "gluster", "image")
+# the groups that take longest, longest first (each is one worker's for many minutes); the other tests follow
+LONGEST_GROUPS = ("gluster", "e2e_cache", "concurrently_warmed", "slurm")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put each test in an xdist group with every test it shares a costly fixture or a service with, named after
+    what they share, and put the longest groups first. `--dist loadgroup` gives each group to one worker."""
+    parent = list(range(len(items)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_of: dict[str, int] = {}
+    for index, item in enumerate(items):
+        for key in _shared_by(item):
+            parent[root(index)] = root(first_of.setdefault(key, index))
+    groups: dict[int, list[pytest.Item]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(root(index), []).append(item)
+    names = {}
+    for members in groups.values():
+        keys = [key for item in members for key in _shared_by(item)]
+        if keys:
+            names[id(members)] = next((k for k in LONGEST_GROUPS if k in keys), keys[0])
+            for item in members:
+                item.add_marker(pytest.mark.xdist_group(names[id(members)]))
+
+    def rank(members: list[pytest.Item]) -> int:
+        name = names.get(id(members))
+        return LONGEST_GROUPS.index(name) if name in LONGEST_GROUPS else len(LONGEST_GROUPS)
+
+    items[:] = [item for members in sorted(groups.values(), key=rank) for item in members]
+
+
+def _shared_by(item: pytest.Item) -> list[str]:
+    """What `item` shares with other tests: the services it uses, its costly session fixtures and its module
+    fixtures (those per module)."""
+    shared = [m for m in SERVICE_MARKERS if item.get_closest_marker(m)]
+    for name, definitions in item._fixtureinfo.name2fixturedefs.items():
+        scope = definitions[-1].scope
+        if name not in CHEAP_SHARED_FIXTURES and scope in ("session", "module"):
+            shared.append(name if scope == "session" else f"{item.nodeid.split('::')[0]}::{name}")
+    return shared
 
 
 def pytest_report_header() -> str:
