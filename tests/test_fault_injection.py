@@ -40,7 +40,7 @@ from warmer.values.plans import DatasetPlans, load_plans
 from warmer.values.profiles import JobEnvironment
 from warmer.values.targets import Target, build_targets
 
-from .helpers import CONCURRENT_CONFIGURATION, CPU_TRAINER, warm_command
+from .helpers import CONCURRENT_CONFIGURATION, CPU_TRAINER, job_env, warm_command
 
 pytestmark = pytest.mark.e2e
 TRIALS = 20
@@ -229,3 +229,26 @@ def test_sigkill_at_random_points_never_shows_warm_falsely_and_the_next_warm_com
     assert len(trials) >= TRIALS
     killed_in = {t.killed_in for t in trials}
     assert {"replay", "verify", "re-verify", "manifest write"} <= killed_in, (seed, killed_in)
+
+
+def test_a_kernel_a_killed_compiler_left_half_written_is_set_aside_and_built_again(planned, concurrently_warmed,
+                                                                                   tmp_path: Path) -> None:
+    """Torch builds a kernel at its final path and, once a file is there, loads it instead of building it: a C++
+    compiler killed mid-write (seen in the trials above) leaves one cut short that no manifest lists yet. The next
+    warm moves it to quarantine, builds it again and verifies with no miss."""
+    cache = tmp_path / "cache"
+    shutil.copytree(concurrently_warmed[0], cache)
+    (manifest,) = (cache / "manifests").rglob("*.json")
+    kernel = cache / next(p for p in json.loads(manifest.read_text())["entries"] if p.endswith(".so"))
+    shutil.rmtree(cache / "manifests")  # the killed warm published nothing
+    cut_short = kernel.stat().st_size // 3
+    os.truncate(kernel, cut_short)
+    result = subprocess.run(warm_command(cache, CONCURRENT_CONFIGURATION, "--json"), capture_output=True, text=True,
+                            env={**os.environ, **job_env(planned)}, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "left cut short" in result.stderr, result.stderr[-3000:]
+    (report,) = json.loads(result.stdout)["targets"]
+    assert report["state"] == "warm", report
+    assert (report["verify"]["counters"]["fx_miss"], report["verify"]["counters"]["aot_miss"]) == (0, 0), report
+    (moved,) = (cache / "quarantine").rglob(kernel.name)
+    assert moved.stat().st_size == cut_short and kernel.stat().st_size > cut_short

@@ -11,7 +11,9 @@ starts (torch crashes a job that imports a garbled generated file), so jobs load
 
 from __future__ import annotations
 
+import contextlib
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -122,3 +124,54 @@ def set_aside(cache: CacheDir, report: Reporter, keys: list[TargetKey] | None = 
         folder, count = moved
         report(f"moved {count} damaged files (cache entries and the manifests that list them) to {folder}; "
                f"they will be compiled again")
+
+
+def cut_short(path: Path) -> bool:
+    """A shared object whose ELF headers are missing or point past its end: what a linker killed mid-write leaves
+    (the loader then refuses it as "file too short", or maps it and the process dies of SIGBUS)."""
+    with open(path, "rb") as f:
+        header = f.read(64)
+        size = os.fstat(f.fileno()).st_size
+        if len(header) < 52 or header[:4] != b"\x7fELF" or header[4] not in (1, 2) or header[5] not in (1, 2):
+            return True
+        order = "<" if header[5] == 1 else ">"
+        if header[4] == 2:
+            phoff, shoff = struct.unpack_from(order + "QQ", header, 0x20)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", header, 0x36)
+        else:
+            phoff, shoff = struct.unpack_from(order + "II", header, 0x1C)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", header, 0x2A)
+        if max(phoff + phentsize * phnum, shoff + shentsize * shnum) > size:
+            return True
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    wide = header[4] == 2
+    for index in range(phnum):  # every segment the loader maps must lie inside the file
+        entry = table[index * phentsize:(index + 1) * phentsize]
+        offset, filesz = ((struct.unpack_from(order + "Q", entry, 8)[0], struct.unpack_from(order + "Q", entry, 32)[0])
+                          if wide else
+                          (struct.unpack_from(order + "I", entry, 4)[0], struct.unpack_from(order + "I", entry, 16)[0]))
+        if offset + filesz > size:
+            return True
+    return False
+
+
+def set_aside_cut_short_kernels(cache: CacheDir, report: Reporter) -> bool:
+    """Quarantine every kernel (`.so`) under inductor/ that no manifest lists and that is cut short (`cut_short`).
+    Torch builds a kernel at its final path and, once a file is there, loads it instead of building it again, so
+    one left by a warm killed mid-link fails every later compile that needs it. A listed kernel is left alone:
+    `set_aside` checks it against its checksum. True when something moved."""
+    listed = listed_entries(cache)
+    broken = []
+    for path in sorted(cache.inductor.rglob("*.so")):
+        relative = str(path.relative_to(cache.root))
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if relative not in listed and cut_short(path):
+                broken.append(Damage(path, "cut short: a linker killed mid-write"))
+    moved = quarantine(cache, broken)
+    if moved is None:
+        return False
+    folder, count = moved
+    report(f"moved {count} kernels that a compiler killed mid-write left cut short to {folder}; they will be "
+           f"built again")
+    return True

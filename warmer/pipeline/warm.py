@@ -8,6 +8,10 @@ runs under the target's lock. The ranks of a DDP run are warmed as one group: th
 process group, each on its device. Publishes hold the cache's publish lock shared (`gc` deletes under it
 exclusive); a verify that missed, or a publish whose closure files went, makes one more compile and verify
 (a `gc` may have deleted what the compile loaded), then the warm fails with nothing published.
+Torch builds a kernel at its final path, so a compiler killed mid-write leaves it half-written, and torch then
+loads it rather than building it again (the loader refuses it, or the process dies of SIGBUS): when a replay
+fails, every kernel no manifest lists whose ELF headers point past its end is moved aside, and the warm starts
+over if one was.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any, Literal, TextIO
 
 from warmer.cache.files import remove_abandoned_temps
 from warmer.cache.findings import clear_finding, record_finding
-from warmer.cache.integrity import set_aside
+from warmer.cache.integrity import set_aside, set_aside_cut_short_kernels
 from warmer.cache.layout import CacheDir
 from warmer.cache.locking import LockPolicy, publish_lock, target_lock
 from warmer.cache.manifest import Manifest, matching_manifest, new_manifest, read_manifests
@@ -48,6 +52,7 @@ from warmer.values.results import ReplayResult, ReplaySpec
 from warmer.values.targets import Target
 
 WarmState = Literal["warm", "already-warm", "no-compile", "cannot-compile"]
+CUT_SHORT_SET_ASIDE_AT_MOST = 3  # rounds of moving half-written kernels aside before a warm gives up
 
 
 @dataclass(frozen=True)
@@ -133,8 +138,15 @@ class _ReplayProcess:
     def kill(self) -> None:
         """Kill the replay and every process it started (inductor's compile workers, the C++ compiler). It stays in
         the warmer's process group, so that killing a warm's group (a scheduler, the fault-injection test) kills
-        its replays too."""
-        for pid in [self.process.pid, *_descendants(self.process.pid)]:
+        its replays too. Each is stopped first, so that none starts another one that the kill would miss (seen
+        under load: a compile worker left running after its replay was killed)."""
+        stopped: set[int] = set()
+        while found := {self.process.pid, *_descendants(self.process.pid)} - stopped:
+            for pid in found:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped |= found
+        for pid in stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -294,6 +306,20 @@ def _warm_locked(members: list[_Member], cache: CacheDir, report: Reporter, envi
                  lock: LockPolicy) -> list[WarmOutcome]:
     _remove_litter(members, cache, report)
     set_aside(cache, report, [m.target.key for m in members])
+    rounds = 0
+    while True:
+        try:
+            return _reverify_or_compile(members, cache, report, environment, lock)
+        except CannotCompileError:
+            raise
+        except WarmError:  # a replay failed: did a warm killed before this one leave a kernel half-written?
+            rounds += 1
+            if rounds > CUT_SHORT_SET_ASIDE_AT_MOST or not set_aside_cut_short_kernels(cache, report):
+                raise
+
+
+def _reverify_or_compile(members: list[_Member], cache: CacheDir, report: Reporter, environment: JobEnvironment,
+                         lock: LockPolicy) -> list[WarmOutcome]:
     existing = [matching_manifest(read_manifests(cache, m.target.key), m.fingerprint, m.fingerprint_id)
                 for m in members]
     if all(manifest is not None for manifest in existing):
