@@ -44,26 +44,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             i = parent[i]
         return i
 
+    shared = [_shared_by(item) for item in items]
     first_of: dict[str, int] = {}
-    for index, item in enumerate(items):
-        for key in _shared_by(item):
+    for index, keys in enumerate(shared):
+        for key in keys:
             parent[root(index)] = root(first_of.setdefault(key, index))
-    groups: dict[int, list[pytest.Item]] = {}
-    for index, item in enumerate(items):
-        groups.setdefault(root(index), []).append(item)
-    names = {}
-    for members in groups.values():
-        keys = [key for item in members for key in _shared_by(item)]
+    groups: dict[int, list[int]] = {}
+    for index in range(len(items)):
+        groups.setdefault(root(index), []).append(index)
+    names: dict[int, str] = {}
+    for group, members in groups.items():
+        keys = [key for index in members for key in shared[index]]
         if keys:
-            names[id(members)] = next((k for k in LONGEST_GROUPS if k in keys), keys[0])
-            for item in members:
-                item.add_marker(pytest.mark.xdist_group(names[id(members)]))
+            names[group] = next((k for k in LONGEST_GROUPS if k in keys), keys[0])
+            for index in members:
+                items[index].add_marker(pytest.mark.xdist_group(names[group]))
 
-    def rank(members: list[pytest.Item]) -> int:
-        name = names.get(id(members))
+    def rank(group: int) -> int:
+        name = names.get(group)
         return LONGEST_GROUPS.index(name) if name in LONGEST_GROUPS else len(LONGEST_GROUPS)
 
-    items[:] = [item for members in sorted(groups.values(), key=rank) for item in members]
+    items[:] = [items[index] for group in sorted(groups, key=rank) for index in groups[group]]
 
 
 def _shared_by(item: pytest.Item) -> list[str]:
