@@ -28,9 +28,11 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from warmer.cache.integrity import manifest_files
 from warmer.cache.layout import CacheDir
-from warmer.cache.manifest import Manifest
+from warmer.cache.manifest import Manifest, read_manifest_files
 from warmer.errors import UserError
+from warmer.values.targets import TargetKey
 
 SCRATCH_VARIABLES = ("SLURM_TMPDIR", "TMPDIR")
 INDEX_NAME = "staged.json"
@@ -41,6 +43,31 @@ _CHUNK = 1 << 20
 def default_scratch(environment: dict[str, str]) -> Path:
     """Node-local scratch: $SLURM_TMPDIR (sites that give each job a local folder), then $TMPDIR, then /tmp."""
     return Path(next((environment[v] for v in SCRATCH_VARIABLES if environment.get(v)), "/tmp"))
+
+
+@dataclass(frozen=True)
+class TargetManifests:
+    """The manifests of a job's targets as one read found them: those that parse, and the paths of those that do
+    not. The job's trust check and its node-local copy both use this one read, so the files checked are the
+    files copied."""
+
+    manifests: list[Manifest]
+    unreadable: list[Path]
+
+    @property
+    def paths(self) -> list[Path]:
+        return sorted([*(m.path for m in self.manifests), *self.unreadable])
+
+
+def read_target_manifests(cache: CacheDir, keys: list[TargetKey]) -> TargetManifests:
+    """Every manifest of `keys` (each fingerprint), read once; one that does not parse is read again after a pause:
+    on a network file system, one that another node is replacing can read as a stale handle or empty."""
+    manifests, unreadable = read_manifest_files(manifest_files(cache, keys))
+    if unreadable:
+        time.sleep(RETRY_AFTER_SECONDS)
+        again, unreadable = read_manifest_files(unreadable)
+        manifests += again
+    return TargetManifests(manifests, unreadable)
 
 
 def local_copy_of(shared: CacheDir, scratch: Path) -> CacheDir:

@@ -23,11 +23,9 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from warmer.cache.integrity import manifest_files
 from warmer.cache.layout import CacheDir
-from warmer.cache.manifest import read_manifest_files
+from warmer.cache.staging import TargetManifests
 from warmer.errors import UserError
-from warmer.values.targets import TargetKey
 
 OVERRIDE_FLAG = "--allow-untrusted-cache"
 
@@ -49,15 +47,13 @@ def untrusted_entries(root: Path) -> list[str]:
     return _untrusted(paths)
 
 
-def untrusted_in_closures(cache: CacheDir, keys: list[TargetKey]) -> list[str] | None:
-    """What makes the part of the cache that jobs of `keys` load from a node-local copy unsafe: their manifests,
-    the files those list, and each folder above them up to the cache dir. None when no manifest of them parses (a
-    job then compiles into its copy what the whole cache may hold: check all of it)."""
-    paths = manifest_files(cache, keys)
-    manifests, _ = read_manifest_files(paths)
-    if not manifests:
+def untrusted_in_closures(cache: CacheDir, closures: TargetManifests) -> list[str] | None:
+    """What makes the part of the cache that a job loads from its node-local copy unsafe: the manifests of its
+    targets, the files those list, and each folder above them up to the cache dir. None when no manifest of them
+    parses (the job then compiles into its copy what the whole cache may hold: check all of it)."""
+    if not closures.manifests:
         return None
-    files = {*paths, *(cache.root / relative for m in manifests for relative in m.entries)}
+    files = {*closures.paths, *(cache.root / relative for m in closures.manifests for relative in m.entries)}
     folders = {cache.root}
     for path in files:
         folders.update(p for p in path.parents if p.is_relative_to(cache.root))
@@ -81,10 +77,10 @@ def _untrusted(paths: list[Path]) -> list[str]:
     return found
 
 
-def require_trusted(cache: CacheDir, keys: list[TargetKey] | None = None) -> None:
-    """Refuse, in one line, a cache others could have planted code in: of the whole cache, or (`keys`) of what
-    jobs of those targets load from their node-local copy."""
-    found = untrusted_in_closures(cache, keys) if keys else None
+def require_trusted(cache: CacheDir, closures: TargetManifests | None = None) -> None:
+    """Refuse, in one line, a cache others could have planted code in: of the whole cache, or (`closures`) of what
+    a job of those targets loads from its node-local copy."""
+    found = untrusted_in_closures(cache, closures) if closures is not None else None
     if found is None:
         found = untrusted_entries(cache.root)
     if found:

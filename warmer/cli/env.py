@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from warmer.cache.staging import default_scratch
-from warmer.cli.options import add_cache_option, add_shapes_option, emit_json, job_environment, stderr, trusted_cache
+from warmer.cli.options import add_cache_option, add_shapes_option, emit_json, job_cache, job_environment, stderr
 from warmer.demo import CPU_TRAINERS_DIR
 from warmer.errors import UserError
 from warmer.run.runner import job_exports, stage_targets
@@ -42,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("-d and -c go together: name the job's dataset and configurations, or neither")
     keys = [TargetKey(resolve_dataset_name(args.d), args.p, configuration, args.tr) for configuration in args.c
             ] if args.d else None
-    cache = trusted_cache(args, keys)
+    cache, closures = job_cache(args, keys)
     if not cache.root.is_dir():  # still exit 0: the job runs, only it compiles everything itself
         stderr(f"nnunet-warmer: warning: cache dir {cache.root} does not exist, so this job compiles cold: check "
                f"--cache-dir, or warm it first")
-    if keys:
+    if closures is not None:
         scratch = Path(args.scratch) if args.scratch else default_scratch(dict(os.environ))
-        cache = stage_targets(cache, keys, scratch, stderr).local
+        cache = stage_targets(cache, closures, scratch, stderr).local
     trainer_folders = [CPU_TRAINERS_DIR] if args.cpu_trainers else []
     variables = job_exports(cache, args.shapes, trainer_folders, job_environment(args), args.eager)
     if args.json:

@@ -10,6 +10,7 @@ from typing import Any
 
 from warmer.cache.layout import CacheDir, default_cache_dir
 from warmer.cache.locking import DEFAULT_LEASE_SECONDS, DEFAULT_WAIT_TIMEOUT, LOCK_KINDS, LockPolicy
+from warmer.cache.staging import TargetManifests, read_target_manifests
 from warmer.cache.trust import OVERRIDE_FLAG, require_trusted
 from warmer.errors import UserError
 from warmer.values.profiles import PROFILES, JobEnvironment
@@ -94,10 +95,17 @@ def existing_cache(args: argparse.Namespace) -> CacheDir:
     return cache
 
 
-def trusted_cache(args: argparse.Namespace, keys: list[TargetKey] | None = None) -> CacheDir:
-    """The cache dir of a command that loads code from it, refused when others could have planted code in it, or
-    (`keys`: jobs that run on a node-local copy of these targets) in what those jobs load."""
+def trusted_cache(args: argparse.Namespace) -> CacheDir:
+    """The cache dir of a command that loads code from any of it, refused when others could have planted code in
+    it."""
+    return job_cache(args, None)[0]
+
+
+def job_cache(args: argparse.Namespace, keys: list[TargetKey] | None) -> tuple[CacheDir, TargetManifests | None]:
+    """The cache dir of a job, and (`keys`: a job on a node-local copy of these targets) their manifests, read
+    once: refused when others could have planted code in what the job loads (with no `keys`: the whole cache)."""
     cache = CacheDir(Path(args.cache_dir))
+    closures = read_target_manifests(cache, keys) if keys else None
     if not args.allow_untrusted_cache:
-        require_trusted(cache, keys)
-    return cache
+        require_trusted(cache, closures)
+    return cache, closures

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from warmer.cli.options import add_cache_option, add_shapes_option, job_environment, stderr, trusted_cache
+from warmer.cli.options import add_cache_option, add_shapes_option, job_cache, job_environment, stderr
 from warmer.errors import UserError
 
 
@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no command given: nnunet-warmer run -- nnUNetv2_train DATASET CONFIG FOLD")
     scratch = None if args.in_place else Path(args.scratch) if args.scratch else default_scratch(dict(os.environ))
     target = parse_nnunet_command(command)
-    cache = trusted_cache(args, [target.key] if target is not None and scratch is not None else None)
+    cache, closures = job_cache(args, [target.key] if target is not None and scratch is not None else None)
     summary = run_and_record(command, cache, job_environment(args), report=stderr,
-                             eager_if_cannot_compile=args.eager_if_cannot_compile, scratch=scratch)
+                             eager_if_cannot_compile=args.eager_if_cannot_compile, scratch=scratch, closures=closures)
     if args.json:
         Path(args.json).write_text(json.dumps(summary.to_dict(), indent=1))
     return summary.exit_code

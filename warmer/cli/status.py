@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from warmer.cli.options import add_target_options, emit_json, job_environment, target_request, trusted_cache
+from warmer.cli.options import add_target_options, emit_json, job_cache, job_environment, target_request
 from warmer.pipeline.status import CANNOT_COMPILE_EXIT
 
 
@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from warmer.values.targets import select_targets
 
     dp, targets = select_targets(target_request(args))
-    cache = trusted_cache(args, [t.key for t in targets])
+    cache, _ = job_cache(args, [t.key for t in targets])
     environment = job_environment(args)
     statuses = [target_status(dp, t, cache, environment) for t in targets]
     if args.json:

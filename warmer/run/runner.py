@@ -30,8 +30,8 @@ from warmer.cache.checksums import cache_entries
 from warmer.cache.findings import findings_of
 from warmer.cache.integrity import manifest_files, set_aside
 from warmer.cache.layout import CacheDir, nearest_existing
-from warmer.cache.manifest import read_manifest_files, read_manifests
-from warmer.cache.staging import RETRY_AFTER_SECONDS, StagedCopy, stage
+from warmer.cache.manifest import read_manifests
+from warmer.cache.staging import StagedCopy, TargetManifests, read_target_manifests, stage
 from warmer.errors import UserError
 from warmer.hooks import nnunet_warmer_hook_variables as hook
 from warmer.ledger import records
@@ -187,18 +187,13 @@ def cannot_write(folder: Path, target: NnunetCommand | None) -> str:
             f"generated code): {fix}, or ask the cache's owner for write access")
 
 
-def stage_targets(cache: CacheDir, keys: list[TargetKey], scratch: Path, report: Reporter) -> StagedCopy:
-    """This user's node-local copy of the closures of `keys` (their manifests verified with this host's releases),
-    brought up to date; says what it copied and what it could not."""
-    manifests, unreadable = read_manifest_files(manifest_files(cache, keys))
-    if unreadable:  # on a network file system, one being replaced by another node can read as ESTALE or empty
-        time.sleep(RETRY_AFTER_SECONDS)
-        again, unreadable = read_manifest_files(unreadable)
-        manifests += again
-    for path in unreadable:
+def stage_targets(cache: CacheDir, closures: TargetManifests, scratch: Path, report: Reporter) -> StagedCopy:
+    """This user's node-local copy of `closures` (those of manifests verified with this host's releases), brought
+    up to date; says what it copied and what it could not."""
+    for path in closures.unreadable:
         report(f"nnunet-warmer: manifest {path} does not parse, so this job compiles what it lists, locally; "
                f"`nnunet-warmer warm` of the target writes it again")
-    manifests = [m for m in manifests if same_releases_here(m.fingerprint)]
+    manifests = [m for m in closures.manifests if same_releases_here(m.fingerprint)]
     staged = stage(cache, manifests, scratch)
     report(f"nnunet-warmer: {staged.describe()}")
     if staged.rejected:
@@ -209,10 +204,10 @@ def stage_targets(cache: CacheDir, keys: list[TargetKey], scratch: Path, report:
 
 
 def _run_on_local_copy(command: list[str], cache: CacheDir, target: NnunetCommand, environment: JobEnvironment,
-                       extra_env: dict[str, str], scratch: Path, report: Reporter,
+                       extra_env: dict[str, str], scratch: Path, closures: TargetManifests, report: Reporter,
                        output: IO[str] | None) -> RunSummary:
     """Stage the target's closures and run on that copy."""
-    staged = stage_targets(cache, [target.key], scratch, report)
+    staged = stage_targets(cache, closures, scratch, report)
     before = set(cache_entries(staged.local))
     summary = run_command(command, staged.local, environment, extra_env, output=output)
     added = set(cache_entries(staged.local)) - before
@@ -230,14 +225,16 @@ def _run_on_local_copy(command: list[str], cache: CacheDir, target: NnunetComman
 
 def run_and_record(command: list[str], cache: CacheDir, environment: JobEnvironment, report: Reporter,
                    output: IO[str] | None = None, eager_if_cannot_compile: bool = False,
-                   scratch: Path | None = None) -> RunSummary:
+                   scratch: Path | None = None, closures: TargetManifests | None = None) -> RunSummary:
     """`nnunet-warmer run`: refuse (or run eager) a job this node cannot compile, run it on a node-local copy of its
     target in `scratch` (None, or a command whose target is unknown: in place, after setting damage aside), explain
-    misses, append to the ledger, report the summary."""
+    misses, append to the ledger, report the summary. `closures`: the target's manifests, as the job's trust check
+    read them (default: read here)."""
     target: NnunetCommand | None = parse_nnunet_command(command)
     eager = _eager_if_cannot_compile(cache, target, environment, eager_if_cannot_compile, report)
     if target is not None and scratch is not None:
-        summary = _run_on_local_copy(command, cache, target, environment, eager, scratch, report, output)
+        closures = closures if closures is not None else read_target_manifests(cache, [target.key])
+        summary = _run_on_local_copy(command, cache, target, environment, eager, scratch, closures, report, output)
     else:
         unwritable = unwritable_part(cache)
         if unwritable is not None and target is not None:
