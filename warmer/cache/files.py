@@ -18,6 +18,15 @@ TEMP_SUFFIX = ".tmp"
 ABANDONED_AFTER_SECONDS = 86400  # a temp file of another host this old belongs to a writer that died
 
 
+FileIdentity = tuple[int, int, int, int, int]
+
+
+def file_identity(info: os.stat_result) -> FileIdentity:
+    """What changes whenever a file is written or replaced: device, inode, size, mtime_ns and ctime_ns (`touch -r`
+    restores an mtime, never a ctime)."""
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
 def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}{TEMP_SUFFIX}")
 

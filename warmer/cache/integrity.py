@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from warmer.cache.checksums import digest
+from warmer.cache.digests import DigestIndex
 from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import Manifest, UnreadableManifestError, read_manifest_files
 from warmer.report import Reporter
@@ -38,22 +39,28 @@ class Damage:
         return {"path": str(self.path), "problem": self.problem}
 
 
-def _entry_problem(cache: CacheDir, relative: str, expected: str, digests: dict[str, str]) -> EntryProblem | None:
+def _entry_problem(cache: CacheDir, relative: str, expected: str, digests: dict[str, str],
+                   index: DigestIndex | None = None) -> EntryProblem | None:
     """The problem of one listed entry, or None; `digests` keeps each file's hash for the next manifest that
-    lists it (every manifest lists the whole tree)."""
+    lists it (manifests of targets that share files list them each); `index`: hashes this host computed before,
+    reused for files whose identity is unchanged (None: read every file)."""
     path = cache.root / relative
     if not path.exists():
         return "missing"
     if relative not in digests:
-        digests[relative] = digest(path)
+        try:
+            digests[relative] = index.digest(path) if index is not None else digest(path)
+        except FileNotFoundError:  # removed since the look above
+            return "missing"
     return "altered" if digests[relative] != expected else None
 
 
-def manifest_damage(cache: CacheDir, manifest: Manifest) -> list[Path]:
-    """The entries of one manifest that are missing or no longer match their checksum."""
+def manifest_damage(cache: CacheDir, manifest: Manifest, index: DigestIndex | None = None) -> list[Path]:
+    """The entries of one manifest that are missing or no longer match their checksum (`index`: as for
+    `_entry_problem`)."""
     digests: dict[str, str] = {}
     return [cache.root / relative for relative, expected in manifest.entries.items()
-            if _entry_problem(cache, relative, expected, digests)]
+            if _entry_problem(cache, relative, expected, digests, index)]
 
 
 def manifest_files(cache: CacheDir, keys: list[TargetKey] | None = None) -> list[Path]:

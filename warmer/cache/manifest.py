@@ -12,6 +12,7 @@ published; they stay valid, and the next `warm` (a re-verify) rewrites them with
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from warmer.cache.checksums import closure_checksums
-from warmer.cache.files import atomic_write_json
+from warmer.cache.files import FileIdentity, atomic_write_json, file_identity
 from warmer.cache.layout import CacheDir
 from warmer.values.results import ReplayResult
 from warmer.values.targets import Target, TargetKey
@@ -127,6 +128,31 @@ def read_manifest_folder(folder: Path) -> list[Manifest]:
             continue
     manifests.sort(key=lambda m: m.verified_at, reverse=True)
     return manifests
+
+
+class ManifestMemo:
+    """Manifests already parsed, each with the identity its file had then: a folder is listed and each file
+    stat'ed, and only a file whose identity changed is read again (what `watch` keeps between passes)."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[FileIdentity, Manifest]] = {}
+
+    def read_folder(self, folder: Path) -> list[Manifest]:
+        """`read_manifest_folder`, reading only what changed since this memo last read it."""
+        manifests = []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                identity = file_identity(os.stat(path))
+                known = self._known.get(path)
+                if known is None or known[0] != identity:
+                    known = (identity, Manifest.read(path))
+                    if file_identity(os.stat(path)) == identity:  # not replaced while it was read
+                        self._known[path] = known
+                manifests.append(known[1])
+            except (OSError, UnreadableManifestError):
+                continue
+        manifests.sort(key=lambda m: m.verified_at, reverse=True)
+        return manifests
 
 
 def read_manifest_files(paths: list[Path]) -> tuple[list[Manifest], list[Path]]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from warmer.cli.options import add_target_options, emit_json, job_cache, job_environment, target_request
 from warmer.pipeline.status import CANNOT_COMPILE_EXIT
@@ -17,13 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from warmer.pipeline.status import target_status
+    from warmer.cache.staging import default_scratch
+    from warmer.pipeline.status import targets_status
     from warmer.values.targets import select_targets
 
     dp, targets = select_targets(target_request(args))
     cache, _ = job_cache(args, [t.key for t in targets])
     environment = job_environment(args)
-    statuses = [target_status(dp, t, cache, environment) for t in targets]
+    statuses = targets_status(dp, targets, cache, environment, default_scratch(dict(os.environ)))
     if args.json:
         emit_json({"cache_dir": str(cache.root), "targets": [s.to_dict() for s in statuses]})
     else:

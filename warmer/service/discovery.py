@@ -3,10 +3,11 @@ writes on NFS or Lustre."""
 
 from __future__ import annotations
 
-import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 
+from warmer.cache.files import file_identity
 from warmer.values.plans import preprocessed_root
 
 DATASET_FOLDER = re.compile(r"Dataset\d{3}_.+")
@@ -24,18 +25,21 @@ def find_datasets(plans_identifier: str, only: tuple[str, ...]) -> list[str]:
                   if DATASET_FOLDER.fullmatch(p.name) and (p / f"{plans_identifier}.json").is_file())
 
 
-def plans_signature(dataset_name: str, plans_identifier: str) -> str:
-    """A digest of what a dataset's targets are made from: its plans and its dataset.json."""
-    digest = hashlib.sha256()
+def plans_identity(dataset_name: str, plans_identifier: str) -> str:
+    """The identity of what a dataset's targets are made from, its plans and its dataset.json, from a stat of each
+    (no read): it changes whenever either is written or replaced."""
+    parts = []
     for name in (f"{plans_identifier}.json", "dataset.json"):
-        path = preprocessed_root() / dataset_name / name
-        digest.update(path.read_bytes() if path.is_file() else b"-")
-    return digest.hexdigest()
+        try:
+            parts.append(file_identity(os.stat(preprocessed_root() / dataset_name / name)))
+        except OSError:
+            parts.append(None)
+    return repr(parts)
 
 
 @dataclass
 class PlansWatch:
-    """The last signature seen per dataset, so that a change and an error are each reported once."""
+    """The last identity of its plans seen per dataset, so that a change and an error are each reported once."""
 
     seen: dict[str, str] = field(default_factory=dict)
     reported_errors: dict[str, str] = field(default_factory=dict)

@@ -20,15 +20,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from warmer.cache.digests import DigestIndex
 from warmer.cache.layout import CacheDir
 from warmer.cache.locking import LockPolicy
+from warmer.cache.manifest import ManifestMemo
+from warmer.cache.staging import default_scratch
 from warmer.cache.trust import require_trusted, shared_root_for_writing
 from warmer.errors import UserError
-from warmer.pipeline.status import target_status
+from warmer.pipeline.status import StatusReader
 from warmer.pipeline.warm import warm_targets
 from warmer.report import Reporter
 from warmer.service.backoff import Backoff
-from warmer.service.discovery import PlansWatch, find_datasets, plans_signature
+from warmer.service.discovery import PlansWatch, find_datasets, plans_identity
 from warmer.service.metrics import ServiceMetrics
 from warmer.values.compat import installed_version
 from warmer.values.plans import DatasetPlans, resolve_dataset_name
@@ -81,7 +84,9 @@ def installed_software() -> dict[str, str]:
 
 
 class Watcher:
-    """The state the service keeps between passes: plans seen, errors reported, retries due, the last counts."""
+    """The state the service keeps between passes: plans seen and the targets read from them, errors reported,
+    retries due, the last counts; the manifests parsed and the closure files hashed, each with the identity its
+    file had, so a pass reads only what changed."""
 
     def __init__(self, request: WatchRequest, cache: CacheDir, environment: JobEnvironment, report: Reporter,
                  metrics: ServiceMetrics | None) -> None:
@@ -89,6 +94,9 @@ class Watcher:
         self.report, self.metrics = report, metrics
         self.device = resolve_device(request.device)
         self.plans = PlansWatch()
+        self.targets: dict[str, tuple[DatasetPlans, list[Target]]] = {}
+        self.manifests = ManifestMemo()
+        self.index = DigestIndex.open(cache, default_scratch(dict(os.environ)))
         self.backoff = Backoff(request.retry_base, request.retry_cap)
         self.not_compiling: set[str] = set()
         self.software = installed_software()
@@ -113,9 +121,14 @@ class Watcher:
 
     def run_pass(self) -> dict[str, int]:
         """One look at every target; warms what is not warm and due. Returns the count of targets per state,
-        which it reports when it changed or a warm ran."""
+        which it reports when it changed or a warm ran.
+
+        Where nothing changed, a pass reads no file's content but the installed packages' metadata: it lists the
+        datasets and each target's manifest folder, and stats each dataset's plans and dataset.json, each
+        manifest and each file the manifests list."""
         states: collections.Counter[str] = collections.Counter()
         unreadable, warms_before = 0, self.warms
+        reader = StatusReader(self.cache, self.environment, self.index, self.manifests)
         for dataset in find_datasets(self.request.plans_identifier, self.request.datasets):
             found = self._dataset_targets(dataset)
             if found is None:
@@ -123,7 +136,8 @@ class Watcher:
                 continue
             dp, targets = found
             for target in targets:
-                states[self._keep_warm(dp, target)] += 1
+                states[self._keep_warm(reader, dp, target)] += 1
+        self.index.save()
         counts = dict(sorted(states.items()))
         if (counts, unreadable) != self.last_counts or self.warms != warms_before:
             summary = ", ".join(f"{n} {state}" for state, n in counts.items()) or "none found yet"
@@ -133,11 +147,15 @@ class Watcher:
         return counts
 
     def _dataset_targets(self, dataset: str) -> tuple[DatasetPlans, list[Target]] | None:
-        """The dataset's plans and targets, or None (reported once per change of its plans) when they cannot be
-        read; a change of plans is reported as it is seen."""
+        """The dataset's plans and targets, read again only when its plans or dataset.json were written since the
+        last pass, or None (reported once per change of its plans) when they cannot be read; a change of plans is
+        reported as it is seen."""
         try:
             name = resolve_dataset_name(dataset)
-            change = self.plans.changed(dataset, plans_signature(name, self.request.plans_identifier))
+            change = self.plans.changed(dataset, plans_identity(name, self.request.plans_identifier))
+            if change is None and dataset in self.targets:
+                return self.targets[dataset]
+            self.targets.pop(dataset, None)
             if change:
                 self.report(f"{name}: plans {change}")
             dp, available = check_request(TargetRequest(name, (), self.request.plans_identifier,
@@ -147,11 +165,12 @@ class Watcher:
                 self.report(f"{dataset}: skipped: {e}")
             return None
         wanted = [c for c in available if not self.request.configurations or c in self.request.configurations]
-        return dp, build_targets(dp, wanted, self.request.trainer, [self.device])
+        self.targets[dataset] = dp, build_targets(dp, wanted, self.request.trainer, [self.device])
+        return self.targets[dataset]
 
-    def _keep_warm(self, dp: DatasetPlans, target: Target) -> str:
+    def _keep_warm(self, reader: StatusReader, dp: DatasetPlans, target: Target) -> str:
         """The target's state after this pass: warmed now if it was not warm and its retry is due."""
-        status = target_status(dp, target, self.cache, self.environment)
+        status = reader.status(dp, target)
         key = f"{target.label}@{status.fingerprint_id}"
         if key in self.not_compiling:
             return "no-compile"

@@ -75,11 +75,17 @@ def software_fingerprint(environment: JobEnvironment) -> dict[str, str]:
 
 def target_fingerprint(dp: DatasetPlans, target: Target, environment: JobEnvironment) -> dict[str, str]:
     """The full fingerprint of one target in a job environment (flat, string-valued)."""
-    fingerprint = software_fingerprint(environment)
-    fingerprint.update(device_description(target.device))
+    host = {**software_fingerprint(environment), **device_description(target.device)}
+    return fingerprint_on(host, trainer_source_hash(find_trainer_class(target.trainer)), dp, target)
+
+
+def fingerprint_on(host: dict[str, str], trainer_source: str, dp: DatasetPlans, target: Target) -> dict[str, str]:
+    """`target_fingerprint` from parts already computed: the host's (`software_fingerprint` and
+    `device_description` of the target's device) and `trainer_source_hash` of its trainer."""
+    fingerprint = dict(host)
     fingerprint.update({
         "trainer": target.trainer,
-        "trainer_source": trainer_source_hash(find_trainer_class(target.trainer)),
+        "trainer_source": trainer_source,
         "plans_hash": plans_hash(dp, target.configuration),
         "configuration": target.configuration,
         "batch_per_rank": str(target.batch_per_rank),
