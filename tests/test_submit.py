@@ -108,19 +108,40 @@ def test_cold_chain_warms_before_training_and_trainings_miss_nothing(chain):
     assert [p for p in fx_entries if p.stat().st_mtime >= warm_end + 1] == []
 
 
-def test_second_submit_finds_the_cache_warm_and_ends_in_seconds(chain, planned):
+def test_each_configuration_waits_only_for_its_own_warm_which_ends_in_seconds_when_warm(chain, planned):
+    """A second submit, of 2d (warm since the cold chain) and 3d_fullres (cold), every job queued held: each
+    array's dependency names its own configuration's warm job alone. With the 3d_fullres warm still held, the 2d
+    warm ends in seconds and the 2d fold trains, missing nothing."""
     cache, jobs_dir, _ = chain
-    out = submitted(submit(planned, jobs_dir, cache, "--json"))
-    warm, train = out["jobs"]
+    out = submitted(cli("submit", "-d", "990", "-c", "2d", "3d_fullres", "-f", "0", "-tr", CPU_TRAINER, "--device",
+                        "cpu", "--cache-dir", str(cache), "--jobs-dir", str(jobs_dir), "--sbatch-arg=--hold",
+                        "--json", env=job_env(planned)))
+    job = {(j["kind"], j["configurations"][0]): j for j in out["jobs"]}
+    assert [(j["kind"], j["configurations"]) for j in out["jobs"]] == [
+        ("warm", ["2d"]), ("train", ["2d"]), ("warm", ["3d_fullres"]), ("train", ["3d_fullres"])]
     try:
-        wait_until_done([warm["id"]], timeout=300)
+        for configuration in ("2d", "3d_fullres"):
+            warm_id = job["warm", configuration]["id"]
+            assert job["train", configuration]["depends_on"] == warm_id
+            assert {t["Dependency"] for t in jobs(job["train", configuration]["id"])} == {
+                f"afterok:{warm_id}(unfulfilled)"}
+        released = [job["warm", "2d"]["id"], job["train", "2d"]["id"], job["train", "3d_fullres"]["id"]]
+        subprocess.run(["scontrol", "release", *released], check=True)
+        wait_until_done(released[:2], timeout=600)
+        (warm_record,) = jobs(job["warm", "2d"]["id"])
+        log = Path(job["warm", "2d"]["logs"][0]).read_text()
+        assert warm_record["JobState"] == "COMPLETED", log[-3000:]
+        assert "every target is warm; nothing to compile" in log and "warming" not in log, log
+        assert epoch(warm_record["EndTime"]) - epoch(warm_record["StartTime"]) <= 30, warm_record
+        (fold,) = jobs(job["train", "2d"]["id"])
+        train_log = Path(job["train", "2d"]["logs"][0])
+        assert fold["JobState"] == "COMPLETED", train_log.read_text()[-3000:]
+        summary = json.loads(train_log.with_suffix(".json").read_text())
+        assert summary["exit_code"] == 0 and summary["fx_miss"] == summary["aot_miss"] == 0, summary
+        held = [job["warm", "3d_fullres"]["id"], job["train", "3d_fullres"]["id"]]
+        assert {record["JobState"] for job_id in held for record in jobs(job_id)} == {"PENDING"}
     finally:
-        subprocess.run(["scancel", train["id"]], check=False)  # the trainings were proven by the cold chain
-    (record,) = jobs(warm["id"])
-    log = Path(warm["logs"][0]).read_text()
-    assert record["JobState"] == "COMPLETED", log[-3000:]
-    assert "every target is warm; nothing to compile" in log and "warming" not in log, log
-    assert epoch(record["EndTime"]) - epoch(record["StartTime"]) <= 30, record
+        subprocess.run(["scancel", *(j["id"] for j in out["jobs"])], check=False)
 
 
 def test_failed_warm_cancels_the_trainings(slurm, planned, tmp_path):
@@ -227,12 +248,14 @@ def test_dry_run_prints_scripts_and_writes_nothing(planned, tmp_path):
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "jobs").exists() and not (tmp_path / "cache").exists()
     scripts = result.stdout.split("# ---- ")[1:]
-    assert len(scripts) == 3  # one warm job, one training array per configuration
+    assert len(scripts) == 4  # per configuration, a warm job and its training array
     assert all("#SBATCH --gres=gpu:a100:1\n#SBATCH --time=24:00:00\n" in s for s in scripts)
     assert "--gres=gpu:1" not in result.stdout  # the typed gres is the GPU request
-    assert f"{BIN / 'nnunet-warmer'} status" in scripts[0] and f"{BIN / 'nnunet-warmer'} warm" in scripts[0]
+    for warm, configuration in ((scripts[0], "2d"), (scripts[2], "3d_fullres")):
+        assert f"{BIN / 'nnunet-warmer'} status" in warm and f"{BIN / 'nnunet-warmer'} warm" in warm
+        assert f"-c {configuration} -p" in warm and f"warm-a100-{configuration}.sh" in warm.split("\n", 1)[0]
     assert "#SBATCH --array=0,1,2" in scripts[1] and f"{BIN / 'nnUNetv2_train'} Dataset990_WarmerDemo 3d_fullres" \
-        in scripts[2] and "-device cuda --npz" in scripts[2]
+        in scripts[3] and "-device cuda --npz" in scripts[3]
     for script in scripts:
         body = script.split("\n", 1)[1]
         assert subprocess.run(["bash", "-n"], input=body, text=True).returncode == 0, body

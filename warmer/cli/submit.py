@@ -10,10 +10,12 @@ from warmer.cluster.jobs import DEFAULT_GPU_TYPE_ARG
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("submit", help="queue on SLURM a warm job per GPU type and the training jobs that wait for it",
-                       description="Queue, per GPU type, one warm job on a node of that type and one training "
-                                   "array per configuration (a task per fold) that starts only when the warm job "
-                                   "succeeded and is cancelled by SLURM when it fails.")
+    p = sub.add_parser("submit", help="queue on SLURM a warm job per GPU type and configuration, and the training "
+                                      "arrays that wait for it",
+                       description="Queue, per GPU type and configuration, one warm job on a node of that type and "
+                                   "one training array (a task per fold) that starts only when that warm job "
+                                   "succeeded and is cancelled by SLURM when it fails; no configuration waits for "
+                                   "another's warm.")
     add_dataset_options(p)
     p.add_argument("-f", nargs="+", type=int, required=True, metavar="FOLD", help="folds to train, as -f 0 1 2 3 4")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
@@ -22,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_cache_option(p)
     add_shapes_option(p)
     p.add_argument("--gpu-type", nargs="+", metavar="TYPE",
-                   help="GPU types to warm and train on, one warm job each (default: one, no constraint)")
+                   help="GPU types to warm and train on, one warm job per configuration each (default: one, no "
+                        "constraint)")
     p.add_argument("--gpu-type-arg", default=DEFAULT_GPU_TYPE_ARG, metavar="OPTION",
                    help=f"the sbatch option that picks a GPU type (default {DEFAULT_GPU_TYPE_ARG}; sites that type "
                         f"GPUs through gres: --gpu-type-arg=--gres=gpu:{{type}}:1)")

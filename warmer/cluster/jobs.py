@@ -1,4 +1,5 @@
-"""The jobs of one `submit`: per GPU type a warm job and one training array per configuration, as batch scripts.
+"""The jobs of one `submit`: per GPU type and configuration a warm job and the training array that waits for it
+alone, as batch scripts (a configuration's folds never wait for another configuration's compile).
 
 The scripts are plain shell a user can read and resubmit: they call the Python install that ran `submit` by
 absolute path, export the nnU-Net variables `submit` saw, and hold every sbatch option as an `#SBATCH` line except
@@ -30,7 +31,7 @@ class JobRequest:
     """What to run: the warm and training targets, where the cache and logs live, and how to ask SLURM for nodes.
 
     `log_dir` holds this submission's scripts and logs; `submit.prepare` turns the user's --jobs-dir into a new
-    folder under it. `gpu_types` (None: no constraint) each get their own warm job and training arrays."""
+    folder under it. `gpu_types` (None: no constraint) each get their own warm jobs and training arrays."""
 
     dataset_name: str
     configurations: tuple[str, ...]
@@ -151,16 +152,17 @@ def _stem(kind: str, gpu_type: str | None, configuration: str | None = None) -> 
     return "-".join(part for part in (kind, gpu_type, configuration) if part)
 
 
-def warm_script(request: JobRequest, gpu_type: str | None, warmer: list[str]) -> tuple[str, str]:
-    """The warm job of one GPU type: `status` first, which ends the job in seconds when every target is warm;
-    otherwise `warm`. Its exit code decides whether SLURM starts or cancels the training jobs."""
-    log = str(request.log_dir / f"{_stem('warm', gpu_type)}-%j.log")
+def warm_script(request: JobRequest, gpu_type: str | None, configuration: str, warmer: list[str]) -> tuple[str, str]:
+    """The warm job of one configuration on one GPU type: `status` first, which ends the job in seconds when its
+    target is warm; otherwise `warm`. Its exit code decides whether SLURM starts or cancels that configuration's
+    training array."""
+    log = str(request.log_dir / f"{_stem('warm', gpu_type, configuration)}-%j.log")
     where = f" on GPU type {gpu_type}" if gpu_type else ""
-    comment = (f"nnunet-warmer submit: warm the cache for {request.dataset_name} "
-               f"{' '.join(request.configurations)}{where}.\n"
-               f"Ends at once when status finds every target warm; otherwise warm compiles and verifies them.\n"
-               f"A non-zero exit makes SLURM cancel the training jobs that depend on this one.")
-    targets = ["-d", request.dataset_name, "-c", *request.configurations, "-p", request.plans_identifier,
+    comment = (f"nnunet-warmer submit: warm the cache for {request.dataset_name} {configuration}{where}.\n"
+               f"Ends at once when status finds its target warm; otherwise warm compiles and verifies it.\n"
+               f"A non-zero exit makes SLURM cancel the training array of {configuration} that depends on this "
+               f"one.")
+    targets = ["-d", request.dataset_name, "-c", configuration, "-p", request.plans_identifier,
                "-tr", request.trainer, "--device", request.device, *request.cache_args]
     if request.eager_if_cannot_compile:  # a node type that cannot compile trains eager: the warm job succeeds
         warm = (f"{_quote(warmer)} warm \"${{targets[@]}}\"; code=$?\n"
@@ -182,7 +184,7 @@ def warm_script(request: JobRequest, gpu_type: str | None, warmer: list[str]) ->
             f"    1|{CANNOT_COMPILE_EXIT}) {warm}  # {CANNOT_COMPILE_EXIT}: cannot compile, found earlier: try again\n"
             f"    *) exit 2 ;;  # status named the problem above\n"
             f"esac\n")
-    name = f"{_stem('warm', gpu_type)}-{request.dataset_name}"
+    name = f"{_stem('warm', gpu_type, configuration)}-{request.dataset_name}"
     return _header(name, log, request.node_options(gpu_type), comment) + body, log
 
 
@@ -212,14 +214,14 @@ def train_script(request: JobRequest, gpu_type: str | None, configuration: str, 
 
 
 def plan_jobs(request: JobRequest) -> list[SlurmJob]:
-    """Per GPU type: its warm job, then one training array per configuration that depends on it."""
+    """Per GPU type and configuration: its warm job, then the training array that depends on it."""
     warmer, train = programs()
     jobs = []
     for gpu_type in request.gpu_types:
-        text, log = warm_script(request, gpu_type, warmer)
-        script = request.log_dir / f"{_stem('warm', gpu_type)}.sh"
-        jobs.append(SlurmJob("warm", gpu_type, request.configurations, (), script, text, log))
         for configuration in request.configurations:
+            text, log = warm_script(request, gpu_type, configuration, warmer)
+            script = request.log_dir / f"{_stem('warm', gpu_type, configuration)}.sh"
+            jobs.append(SlurmJob("warm", gpu_type, (configuration,), (), script, text, log))
             text, log = train_script(request, gpu_type, configuration, warmer, train)
             script = request.log_dir / f"{_stem('train', gpu_type, configuration)}.sh"
             jobs.append(SlurmJob("train", gpu_type, (configuration,), request.folds, script, text, log))

@@ -1,7 +1,8 @@
 """`submit`: write the job scripts into a new folder and queue them, all or nothing.
 
-Each warm job goes in before the training arrays that depend on it. If sbatch refuses a job after others went in,
-those are cancelled, so a rejected option never leaves half a chain queued.
+Each warm job goes in before the training array that depends on it: the one of its GPU type and configuration.
+If sbatch refuses a job after others went in, those are cancelled, so a rejected option never leaves half a chain
+queued.
 """
 
 from __future__ import annotations
@@ -71,18 +72,19 @@ def _roll_back(queued: list[str], folder: Path) -> str:
 
 def submit_jobs(jobs: list[SlurmJob], folder: Path, report: Reporter) -> list[SubmittedJob]:
     """Write every script into `folder`, then queue the jobs in order: each training array with
-    `--dependency=afterok:<its warm job> --kill-on-invalid-dep=yes`, so a failed warm cancels it."""
+    `--dependency=afterok:<the warm job of its GPU type and configuration> --kill-on-invalid-dep=yes`, so a failed
+    warm cancels that array and no other."""
     _write_scripts(jobs, folder)
     submitted: list[SubmittedJob] = []
-    warm_ids: dict[str | None, str] = {}
+    warm_ids: dict[tuple[str | None, tuple[str, ...]], str] = {}
     job = jobs[0]
     try:
         for job in jobs:
-            warm_id = warm_ids.get(job.gpu_type) if job.kind == "train" else None
+            warm_id = warm_ids.get((job.gpu_type, job.configurations)) if job.kind == "train" else None
             options = [f"--dependency=afterok:{warm_id}", "--kill-on-invalid-dep=yes"] if warm_id else []
             job_id = sbatch(job.script, options)
             if job.kind == "warm":
-                warm_ids[job.gpu_type] = job_id
+                warm_ids[job.gpu_type, job.configurations] = job_id
             submitted.append(SubmittedJob(job, job_id, warm_id))
     except SbatchError as e:
         left = _roll_back([s.job_id for s in submitted if s.job_id], folder)
