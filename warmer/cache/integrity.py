@@ -45,12 +45,10 @@ def _entry_problem(cache: CacheDir, relative: str, expected: str, digests: dict[
     lists it (manifests of targets that share files list them each); `index`: hashes this host computed before,
     reused for files whose identity is unchanged (None: read every file)."""
     path = cache.root / relative
-    if not path.exists():
-        return "missing"
     if relative not in digests:
         try:
             digests[relative] = index.digest(path) if index is not None else digest(path)
-        except FileNotFoundError:  # removed since the look above
+        except FileNotFoundError:
             return "missing"
     return "altered" if digests[relative] != expected else None
 
