@@ -1,10 +1,11 @@
 """What checking a fleet's cache costs: 300 targets, before and after the checks that cost what changed (issue 27).
 
-Side by side in one run, alternating, on local disk: one idle `watch` pass (its time and the bytes its process read,
+Side by side in one run, alternating, on local disk and, where `.ci/gluster up` serves a volume, from a simulated
+node with its own FUSE mount (tests/nodes.py; root): one idle `watch` pass (its time and the bytes its process read,
 rchar of /proc/self/io: every byte read() returned, file content and /proc alike), `status` of one target with 300
 targets in the cache against the same target alone, `ls` and `gc --dry-run` at 300 targets, and `check`.
 "Before" is the code of a git revision (default: the parent of the commit that added the index), checked out into a
-temp worktree; "after" is this checkout. Each process imports the warmer of its working directory.
+worktree under /var/tmp; "after" is this checkout. Each process imports the warmer of its working directory.
 
 The fleet, synthesized from one real warm target (Dataset990 2d of nnUNetTrainerCPUCompile_2it):
 - 300 datasets, Dataset100..Dataset399, each with Dataset990's plans (its name changed) and dataset.json; `watch`
@@ -33,9 +34,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.nodes import HOST_MOUNT, NODE_MOUNT, Node, gluster_up  # noqa: E402
+
 TRAINER = "nnUNetTrainerCPUCompile_2it"
 CLOSURE_BYTES = 1_500_000
 WATCH_PASS = """
@@ -96,25 +102,68 @@ def fleet(source_cache: Path, preprocessed: Path, into: Path, targets: int) -> t
     return fleet_preprocessed, fleet_cache, alone
 
 
-def timed_cli(code_root: Path, argv: list[str], env: dict[str, str]) -> float:
+Runner = Callable[[list[str], Path], subprocess.CompletedProcess]
+
+
+def timed_cli(run: Runner, code_root: Path, argv: list[str]) -> float:
+    """Seconds `nnunet-warmer ARGV` took, with the warmer of `code_root`."""
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "warmer", *argv], cwd=code_root, env=env, capture_output=True,
-                            text=True)
+    result = run([sys.executable, "-m", "warmer", *argv], code_root)
     seconds = time.perf_counter() - start
     if result.returncode not in (0, 1):
         raise SystemExit(f"{argv}: exit {result.returncode}\n{result.stderr[-2000:]}")
     return seconds
 
 
-def watch_pass(code_root: Path, cache: Path, env: dict[str, str]) -> dict:
-    result = subprocess.run([sys.executable, "-c", WATCH_PASS, str(cache), TRAINER], cwd=code_root, env=env,
-                            capture_output=True, text=True)
+def watch_pass(run: Runner, code_root: Path, cache: Path) -> dict:
+    """One `watch` pass over the fleet, then the idle pass that follows it: its seconds and bytes read."""
+    result = run([sys.executable, "-c", WATCH_PASS, str(cache), TRAINER], code_root)
     if result.returncode != 0:
         raise SystemExit(f"watch pass: exit {result.returncode}\n{result.stderr[-3000:]}")
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
-    if outcome["second"] != {"warm": outcome["second"].get("warm", 0)}:
+    if set(outcome["second"]) != {"warm"}:
         raise SystemExit(f"the idle pass did not find every target warm: {outcome}")
     return outcome
+
+
+def measure(run: Runner, versions: dict[str, Path], cache: Path, alone: Path, repeats: int
+            ) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict]]:
+    """Every figure of both versions, alternating: seconds per command, and each version's idle watch pass."""
+    status = ["status", "-d", "100", "-c", "2d", "-tr", TRAINER, "--device", "cpu", "--cache-dir"]
+    for code in versions.values():  # each version's first status fills its index, if it has one
+        timed_cli(run, code, [*status, str(cache)])
+        timed_cli(run, code, [*status, str(alone)])
+    rows: dict[str, dict[str, list[float]]] = {version: {} for version in versions}
+    for _ in range(repeats):
+        for version, code in versions.items():
+            row = rows[version]
+            row.setdefault("status, all targets present", []).append(timed_cli(run, code, [*status, str(cache)]))
+            row.setdefault("status, 1 present", []).append(timed_cli(run, code, [*status, str(alone)]))
+            row.setdefault("ls", []).append(timed_cli(run, code, ["ls", "--cache-dir", str(cache)]))
+            row.setdefault("gc --dry-run", []).append(
+                timed_cli(run, code, ["gc", "--dry-run", "--unused-for", "30", "--cache-dir", str(cache)]))
+    passes = {}
+    for version, code in versions.items():
+        rows[version]["check (one run)"] = [timed_cli(run, code, ["check", "--cache-dir", str(cache)])]
+        passes[version] = watch_pass(run, code, cache)
+    return rows, passes
+
+
+def table(where: str, rows: dict[str, dict[str, list[float]]], passes: dict[str, dict]) -> str:
+    lines = [f"| {where} | before | after | after / before |", "|---|---|---|---|"]
+    b, a = passes["before"], passes["after"]
+    lines.append(f"| idle watch pass | {b['seconds']:.2f} s | {a['seconds']:.2f} s | "
+                 f"{a['seconds'] / b['seconds']:.3f}x |")
+    lines.append(f"| idle watch pass: bytes read | {b['bytes'] / 1e6:.1f} MB | {a['bytes'] / 1e6:.3f} MB | "
+                 f"{a['bytes'] / b['bytes']:.5f}x |")
+    for name in rows["before"]:
+        before, after = statistics.median(rows["before"][name]), statistics.median(rows["after"][name])
+        lines.append(f"| {name} | {before:.2f} s | {after:.2f} s | {after / before:.2f}x |")
+    for version in ("before", "after"):
+        ratio = statistics.median(rows[version]["status, all targets present"]) / statistics.median(
+            rows[version]["status, 1 present"])
+        lines.append(f"| {version}: status, all present / 1 present | | | {ratio:.2f}x |")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -125,52 +174,40 @@ def main() -> int:
     parser.add_argument("--before", default="d716a24~1", help="git revision of the code before (default: %(default)s)")
     args = parser.parse_args()
     preprocessed = Path(os.environ["nnUNet_preprocessed"])
-    with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
-        work = Path(tmp)
-        before = work / "before"
-        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(before), args.before], cwd=ROOT, check=True)
-        try:
+    trainers = os.pathsep.join([str(ROOT / "warmer" / "demo" / "trainers"), str(ROOT / "tests" / "trainers")])
+    tables = []
+    before = Path(tempfile.mkdtemp(prefix="nnunet-warmer-before-", dir="/var/tmp"))  # a node sees it (not /tmp)
+    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(before), args.before], cwd=ROOT, check=True)
+    versions = {"before": before, "after": ROOT}
+    try:
+        with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
+            work = Path(tmp)
             fleet_preprocessed, cache, alone = fleet(args.cache_dir, preprocessed, work, args.targets)
-            env = {**os.environ, "nnUNet_preprocessed": str(fleet_preprocessed), "TMPDIR": str(work / "scratch"),
-                   "nnUNet_extTrainer": os.pathsep.join([str(ROOT / "warmer" / "demo" / "trainers"),
-                                                         str(ROOT / "tests" / "trainers")])}
+            env = {**os.environ, "nnUNet_preprocessed": str(fleet_preprocessed), "nnUNet_extTrainer": trainers,
+                   "TMPDIR": str(work / "scratch")}
             (work / "scratch").mkdir()
-            versions = {"before": before, "after": ROOT}
-            status = ["status", "-d", "100", "-c", "2d", "-tr", TRAINER, "--device", "cpu", "--cache-dir"]
-            rows: dict[str, dict[str, list[float]]] = {}
-            passes: dict[str, dict] = {}
-            for code in versions.values():  # each version's first status fills its index, if it has one
-                timed_cli(code, [*status, str(cache)], env)
-                timed_cli(code, [*status, str(alone)], env)
-            for _ in range(args.repeats):
-                for version, code in versions.items():
-                    row = rows.setdefault(version, {})
-                    row.setdefault("status, 300 present", []).append(timed_cli(code, [*status, str(cache)], env))
-                    row.setdefault("status, 1 present", []).append(timed_cli(code, [*status, str(alone)], env))
-                    row.setdefault("ls", []).append(timed_cli(code, ["ls", "--cache-dir", str(cache)], env))
-                    row.setdefault("gc --dry-run", []).append(
-                        timed_cli(code, ["gc", "--dry-run", "--unused-for", "30", "--cache-dir", str(cache)], env))
-            for version, code in versions.items():
-                rows[version]["check"] = [timed_cli(code, ["check", "--cache-dir", str(cache)], env)]
-                passes[version] = watch_pass(code, cache, env)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
-    print(f"\n{time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, local disk, {args.targets} "
-          f"targets of about {CLOSURE_BYTES / 1e6:.1f} MB; median of {args.repeats} (check: one run)\n")
-    print("| | before | after | after / before |")
-    print("|---|---|---|---|")
-    for name in ("idle watch pass: seconds", "idle watch pass: bytes read"):
-        key = "seconds" if "seconds" in name else "bytes"
-        b, a = passes["before"][key], passes["after"][key]
-        shown = (f"{b:.2f} s", f"{a:.2f} s") if key == "seconds" else (f"{b / 1e6:.1f} MB", f"{a / 1e6:.3f} MB")
-        print(f"| {name} | {shown[0]} | {shown[1]} | {a / b:.3f}x |")
-    for name in rows["before"]:
-        b, a = statistics.median(rows["before"][name]), statistics.median(rows["after"][name])
-        print(f"| {name} | {b:.2f} s | {a:.2f} s | {a / b:.2f}x |")
-    for version in versions:
-        ratio = statistics.median(rows[version]["status, 300 present"]) / statistics.median(
-            rows[version]["status, 1 present"])
-        print(f"\n{version}: status with {args.targets} targets present / with 1: {ratio:.2f}x")
+            rows, passes = measure(lambda argv, code: subprocess.run(argv, cwd=code, env=env, capture_output=True,
+                                                                     text=True), versions, cache, alone, args.repeats)
+            tables.append(table("local disk", rows, passes))
+        if gluster_up():
+            work = HOST_MOUNT / f"bench-fleet-{os.getpid()}"
+            node = Node("bench")
+            try:
+                fleet(args.cache_dir, preprocessed, work, args.targets)
+                shared = NODE_MOUNT / work.name
+                node_env = {**os.environ, "nnUNet_preprocessed": str(shared / "preprocessed"),
+                            "nnUNet_extTrainer": trainers, "TMPDIR": "/tmp", "HOME": "/tmp"}
+                rows, passes = measure(lambda argv, code: node.run(argv, node_env, cwd=code), versions,
+                                       shared / "cache", shared / "alone", args.repeats)
+                tables.append(table("GlusterFS (FUSE, default options)", rows, passes))
+            finally:
+                node.stop()
+                shutil.rmtree(work, ignore_errors=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {os.cpu_count()} cores; {args.targets} targets "
+          f"of about {CLOSURE_BYTES / 1e6:.1f} MB; 'before' is {args.before}; median of {args.repeats}\n")
+    print("\n\n".join(tables))
     return 0
 
 
