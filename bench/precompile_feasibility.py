@@ -57,7 +57,9 @@ def _trainer(configuration: str, scratch: Path) -> Any:
 
 
 def _calls(trainer: Any) -> dict[str, tuple[Callable[..., Any], tuple[Any, ...], Callable[[], Any]]]:
-    """Each compiled call of nnU-Net: the plain function, its example arguments, and the context it runs in."""
+    """Each compiled call of nnU-Net: the plain function, its example arguments, and the context it runs in. Modules
+    are arguments: torch cannot save a module a function closes over ("Failed to serialize the following objects:
+    [MemoryEfficientSoftDiceLoss()] Please mark these as external data"), and a job's modules are its own."""
     import contextlib
 
     import torch
@@ -74,12 +76,12 @@ def _calls(trainer: Any) -> dict[str, tuple[Callable[..., Any], tuple[Any, ...],
     def network_forward(net: torch.nn.Module, x: torch.Tensor) -> Any:
         return net(x)
 
-    def dice(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return dc(x, y)
+    def dice(loss: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return loss(x, y)
 
     return {
         "network train": (network_forward, (network, data), contextlib.nullcontext),
-        "dice loss": (dice, (logits.requires_grad_(True), target[0]), contextlib.nullcontext),
+        "dice loss": (dice, (dc, logits.requires_grad_(True), target[0]), contextlib.nullcontext),
         "network no_grad": (network_forward, (network, data), torch.no_grad),
         "network inference_mode": (network_forward, (network, data[:1]), torch.inference_mode),
     }
