@@ -34,6 +34,7 @@ def published(tmp_path: Path) -> tuple[CacheDir, Manifest, Path]:
     target = Target("Dataset990_WarmerDemo", "nnUNetPlans", "2d", "nnUNetTrainerCPUCompile_2it", "cpu", 10)
     manifest = new_manifest(cache, target, {"device": "cpu"}, "fp", None,
                             ReplayResult(True, {}, closure=tuple(ENTRIES)))
+    (tmp_path / "scratch").mkdir()
     return cache, manifest.write(), tmp_path / "scratch"
 
 
@@ -116,6 +117,19 @@ def test_an_index_folder_others_could_write_is_not_used(published) -> None:
     assert _check(cache, manifest, scratch) == ([], len(ENTRIES))
     assert _check(cache, manifest, scratch) == ([], len(ENTRIES))
     assert not list(folder.iterdir())
+
+
+def test_the_index_folders_are_private_whatever_the_umask(published) -> None:
+    """The node-local copy lives beside the index and refuses a folder others can write: a group-shared umask
+    must not make the first check leave one behind."""
+    cache, manifest, scratch = published
+    umask = os.umask(0o002)
+    try:
+        _check(cache, manifest, scratch)
+    finally:
+        os.umask(umask)
+    mine = scratch / f"nnunet-warmer-{os.geteuid()}"
+    assert [oct(p.stat().st_mode & 0o777) for p in (mine, mine / "digests")] == ["0o700", "0o700"]
 
 
 def test_a_manifest_is_parsed_again_only_when_its_file_changed(published, monkeypatch) -> None:

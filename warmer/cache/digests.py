@@ -53,7 +53,7 @@ class DigestIndex:
         """This user's index of `cache` on this host; an empty one kept in memory when its folder cannot be made
         private to this user."""
         folder = scratch / f"nnunet-warmer-{os.geteuid()}" / "digests"
-        if not _private(folder):
+        if not (_private(folder.parent) and _private(folder)):
             return cls(None)
         cache_id = hashlib.sha256(str(cache.root.resolve()).encode()).hexdigest()[:16]
         path = folder / f"{cache_id}.json"
@@ -86,9 +86,10 @@ class DigestIndex:
 
 
 def _private(folder: Path) -> bool:
-    """`folder`, made if missing, is a real folder of this user that nobody else can write."""
+    """`folder`, made if missing (0700, whatever the umask: the node-local copy lives beside it and refuses a
+    folder others can write), is a real folder of this user that nobody else can write."""
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
         info = os.lstat(folder)
     except OSError:
         return False
