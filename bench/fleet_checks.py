@@ -172,6 +172,7 @@ def main() -> int:
     parser.add_argument("--targets", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--before", default="d716a24~1", help="git revision of the code before (default: %(default)s)")
+    parser.add_argument("--network-only", action="store_true", help="skip the local-disk table")
     args = parser.parse_args()
     preprocessed = Path(os.environ["nnUNet_preprocessed"])
     trainers = os.pathsep.join([str(ROOT / "warmer" / "demo" / "trainers"), str(ROOT / "tests" / "trainers")])
@@ -186,9 +187,11 @@ def main() -> int:
             env = {**os.environ, "nnUNet_preprocessed": str(fleet_preprocessed), "nnUNet_extTrainer": trainers,
                    "TMPDIR": str(work / "scratch")}
             (work / "scratch").mkdir()
-            rows, passes = measure(lambda argv, code: subprocess.run(argv, cwd=code, env=env, capture_output=True,
-                                                                     text=True), versions, cache, alone, args.repeats)
-            tables.append(table("local disk", rows, passes))
+            if not args.network_only:
+                rows, passes = measure(lambda argv, code: subprocess.run(argv, cwd=code, env=env,
+                                                                         capture_output=True, text=True),
+                                       versions, cache, alone, args.repeats)
+                tables.append(table("local disk", rows, passes))
         if gluster_up():
             work = HOST_MOUNT / f"bench-fleet-{os.getpid()}"
             node = Node("bench")
@@ -197,7 +200,9 @@ def main() -> int:
                 shared = NODE_MOUNT / work.name
                 node_env = {**os.environ, "nnUNet_preprocessed": str(shared / "preprocessed"),
                             "nnUNet_extTrainer": trainers, "TMPDIR": "/tmp", "HOME": "/tmp"}
-                rows, passes = measure(lambda argv, code: node.run(argv, node_env, cwd=code), versions,
+                # nsenter starts in the node's / : change to the version's checkout inside it
+                rows, passes = measure(lambda argv, code: node.run(["sh", "-c", 'cd "$0" && exec "$@"', str(code),
+                                                                    *argv], node_env), versions,
                                        shared / "cache", shared / "alone", args.repeats)
                 tables.append(table("GlusterFS (FUSE, default options)", rows, passes))
             finally:

@@ -39,26 +39,30 @@ class Damage:
         return {"path": str(self.path), "problem": self.problem}
 
 
-def _entry_problem(cache: CacheDir, relative: str, expected: str, digests: dict[str, str],
-                   index: DigestIndex | None = None) -> EntryProblem | None:
+def _entry_problem(cache: CacheDir, relative: str, expected: str, digests: dict[str, str]) -> EntryProblem | None:
     """The problem of one listed entry, or None; `digests` keeps each file's hash for the next manifest that
-    lists it (manifests of targets that share files list them each); `index`: hashes this host computed before,
-    reused for files whose identity is unchanged (None: read every file)."""
+    lists it (manifests of targets that share files list them each)."""
     path = cache.root / relative
     if relative not in digests:
         try:
-            digests[relative] = index.digest(path) if index is not None else digest(path)
+            digests[relative] = digest(path)
         except FileNotFoundError:
             return "missing"
     return "altered" if digests[relative] != expected else None
 
 
 def manifest_damage(cache: CacheDir, manifest: Manifest, index: DigestIndex | None = None) -> list[Path]:
-    """The entries of one manifest that are missing or no longer match their checksum (`index`: as for
-    `_entry_problem`)."""
-    digests: dict[str, str] = {}
-    return [cache.root / relative for relative, expected in manifest.entries.items()
-            if _entry_problem(cache, relative, expected, digests, index)]
+    """The entries of one manifest that are missing or no longer match their checksum; `index`: hashes this host
+    computed before, reused for files whose identity is unchanged, the files looked at side by side (None: read
+    every file)."""
+    paths = [cache.root / relative for relative in manifest.entries]
+    if index is None:
+        digests: dict[str, str] = {}
+        return [path for path, (relative, expected) in zip(paths, manifest.entries.items(), strict=True)
+                if _entry_problem(cache, relative, expected, digests)]
+    found = index.digests(paths)
+    return [path for path, value, expected in zip(paths, found, manifest.entries.values(), strict=True)
+            if value != expected]
 
 
 def manifest_files(cache: CacheDir, keys: list[TargetKey] | None = None) -> list[Path]:
