@@ -26,14 +26,13 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from warmer.cache.checksums import digest
-from warmer.cache.files import FileIdentity, atomic_write_json, file_identity
+from warmer.cache.files import FileIdentity, atomic_write_json, file_identity, is_private_folder
 from warmer.cache.layout import CacheDir
 
 FULL_REHASH_SECONDS = 86400
@@ -110,10 +109,9 @@ def _private(folder: Path) -> bool:
     folder others can write), is a real folder of this user that nobody else can write."""
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
-        info = os.lstat(folder)
+        return is_private_folder(folder)
     except OSError:
         return False
-    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
 
 
 def _read(path: Path) -> dict[str, tuple[FileIdentity, float, str]]:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,14 @@ def file_identity(info: os.stat_result) -> FileIdentity:
     """What changes whenever a file is written or replaced: device, inode, size, mtime_ns and ctime_ns (`touch -r`
     restores an mtime, never a ctime)."""
     return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def is_private_folder(folder: Path) -> bool:
+    """`folder` is a real folder (not a link) of this user that nobody else can write; OSError when it cannot be
+    looked at. What a node-local copy and an index of hashes need: a folder others could write could hold files
+    they planted."""
+    info = os.lstat(folder)
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
 
 
 def _temp_path(path: Path) -> Path:

@@ -21,13 +21,13 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
+from warmer.cache.files import is_private_folder
 from warmer.cache.integrity import manifest_files
 from warmer.cache.layout import CacheDir
 from warmer.cache.manifest import Manifest, read_manifest_files
@@ -100,11 +100,11 @@ def _private_folder(folder: Path) -> None:
     could have planted files in would run their code in this user's jobs."""
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = os.lstat(folder)
+        private = is_private_folder(folder)
     except OSError as e:
         raise UserError(f"cannot make the node-local copy in {folder.parent} ({e.strerror}): pass a writable "
                         f"--scratch folder on a local disk") from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+    if not private:
         raise UserError(f"{folder} is not a private folder of this user (a link, someone else's, or writable by "
                         f"others), so a copy there could hold planted code: remove it, or pass another --scratch")
 
